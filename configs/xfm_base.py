@@ -1,0 +1,19 @@
+r"""X-FM base (arXiv 2301.05065): BEiT-2 ViT-B/16 + RoBERTa-base + 12-layer fusion, ~327M params.
+
+Run (main job on a pod):  python -m xfm_jax.train --config=configs/xfm_base.py --workdir=DIR
+Tiny (tests, CPU):         --config=configs/xfm_base.py:tiny
+"""
+
+from configs import common
+
+
+def get_config(arg: str = ''):
+    import ml_collections
+    config = ml_collections.ConfigDict()
+    config.model = common.model_config(
+        'xfm', common.vision_config(), common.roberta_config(), fusion_depth=12)
+    if arg == 'tiny':
+        common.tiny_model(config.model)
+    elif arg:
+        raise ValueError(f"Unknown preset {arg!r} for xfm_base; expected '' or 'tiny'.")
+    return config

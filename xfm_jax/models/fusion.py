@@ -1,0 +1,47 @@
+"""The fusion encoder: post-LN layers of self-attention -> cross-attention(image) -> FFN (SPEC §4).
+
+X-FM: a separate, randomly initialised stack with its own MLM decoder table. X²-VLM: layers 12-17
+of the BERT stack, sharing the text encoder's MLM head. Both are this module with another config.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from xfm_jax.models import layers
+from xfm_jax.models.text import MLMHead, TextConfig, TransformerLayer
+
+
+class FusionEncoder(nn.Module):
+    """text hidden [B, L, Dt], text mask [B, L], image tokens [B, K, Dv], image mask [B, K]
+    -> fused [B, L, Dt]; position 0 is the multimodal [CLS]."""
+    config: TextConfig  # the text stack's settings; depth = number of fusion layers
+    own_mlm_head: bool = False
+
+    def setup(self):
+        cfg = self.config
+        self.encoder = layers.LayerStack(
+            TransformerLayer, dict(config=cfg, cross_attention=True), cfg.depth,
+            scan=cfg.scan_layers, remat=cfg.remat_policy)
+        if self.own_mlm_head:
+            self.decoder_embedding = self.param(
+                'decoder_embedding',
+                nn.with_logical_partitioning(layers.default_kernel_init, ('vocab', 'embed')),
+                (cfg.vocab_size, cfg.width), layers.dtype_of(cfg.param_dtype))
+            self.mlm_head = MLMHead(cfg)
+
+    def __call__(self, text_hidden, text_mask, image_tokens, image_mask, *, train: bool = False):
+        if image_mask.shape != image_tokens.shape[:2]:
+            raise ValueError(f'image mask shape {tuple(image_mask.shape)} does not match image '
+                             f'tokens {tuple(image_tokens.shape)}.')
+        self_bias = layers.padding_bias(text_mask, layers.SELF_ATTENTION_MASK_VALUE)
+        cross_bias = layers.padding_bias(image_mask, layers.CROSS_ATTENTION_MASK_VALUE)
+        image_tokens = image_tokens.astype(layers.dtype_of(self.config.dtype))
+        return self.encoder(text_hidden, jnp.zeros(self.config.depth), self_bias, image_tokens,
+                            cross_bias, deterministic=not train)
+
+    def mlm_logits(self, hidden):
+        if not self.own_mlm_head:
+            raise ValueError('This fusion encoder shares the text encoder MLM head.')
+        return self.mlm_head(hidden, self.decoder_embedding)

@@ -1,0 +1,174 @@
+"""Building blocks shared by the vision, text and fusion towers.
+
+Every parameter is created with logical axis names and the main activations are constrained with
+logical names, so that sharding is chosen by a rule table (``xfm_jax.partitioning``), not by code.
+
+Parameter axes: embed, heads, kv (head dim), mlp, vocab, positions, relpos, proj, layers (leading
+axis of ``nn.scan``-stacked layers). Activation axes: batch, length, act_embed, act_heads, act_mlp,
+act_vocab.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+
+# BERT's additive padding mask value for self-attention; X-VLM uses -1e9 (fp32) for
+# cross-attention keys. Both are kept to match the reference numerics.
+SELF_ATTENTION_MASK_VALUE = -10000.0
+CROSS_ATTENTION_MASK_VALUE = -1e9
+
+default_kernel_init = nn.initializers.truncated_normal(0.02)
+
+
+def exact_gelu(x):
+    """GELU with erf (flax's default nn.gelu is the tanh approximation, wrong for these models)."""
+    return nn.gelu(x, approximate=False)
+
+
+def dtype_of(name: str) -> Dtype:
+    return {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}[name]
+
+
+def constrain(x, *names):
+    return nn.with_logical_constraint(x, names)
+
+
+def dense(features, names, *, dtype, param_dtype, use_bias=True, name=None, axis=-1):
+    """A DenseGeneral whose kernel and bias carry logical axis names.
+
+    ``names`` lists the kernel's axes: input axes then output axes.
+    """
+    features = features if isinstance(features, tuple) else (features,)
+    return nn.DenseGeneral(
+        features=features, axis=axis, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype,
+        kernel_init=nn.with_logical_partitioning(default_kernel_init, names),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, names[-len(features):]),
+        name=name)
+
+
+def layer_norm(eps, *, dtype, param_dtype, name=None):
+    return nn.LayerNorm(
+        epsilon=eps, dtype=dtype, param_dtype=param_dtype,
+        scale_init=nn.with_logical_partitioning(nn.initializers.ones, ('embed',)),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ('embed',)), name=name)
+
+
+def padding_bias(mask, value):
+    """[B, K] 0/1 key mask -> additive [B, 1, 1, K] float32 attention bias."""
+    return (1.0 - mask.astype(jnp.float32))[:, None, None, :] * value
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head attention with separate q/k/v projections.
+
+    ``key_bias=False`` with ``use_bias=True`` gives BEiT's attention (q and v biases, no key
+    bias). Keys and values may come from another sequence of another width (cross-attention).
+
+    Args of __call__:
+      x: [B, Q, D] queries.  context: [B, K, Dc] keys/values (defaults to x).
+      bias: additive float32 logits bias broadcastable to [B, H, Q, K] (padding masks, relative
+        position bias).
+    Returns [B, Q, D].
+    """
+    num_heads: int
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    use_bias: bool = True
+    key_bias: bool = True
+    dropout_rate: float = 0.0
+    deterministic: bool = True
+
+    @nn.compact
+    def __call__(self, x, context=None, bias=None):
+        context = x if context is None else context
+        width = x.shape[-1]
+        head_dim = width // self.num_heads
+        proj = functools.partial(dense, (self.num_heads, head_dim), dtype=self.dtype,
+                                 param_dtype=self.param_dtype)
+        q = proj(('embed', 'heads', 'kv'), use_bias=self.use_bias, name='query')(x)
+        k = proj(('embed', 'heads', 'kv'), use_bias=self.use_bias and self.key_bias,
+                 name='key')(context)
+        v = proj(('embed', 'heads', 'kv'), use_bias=self.use_bias, name='value')(context)
+        q = constrain(q, 'batch', 'length', 'act_heads', 'act_kv')
+        k = constrain(k, 'batch', 'length', 'act_heads', 'act_kv')
+        v = constrain(v, 'batch', 'length', 'act_heads', 'act_kv')
+        q = q * jnp.asarray(head_dim ** -0.5, q.dtype)
+        logits = jnp.einsum('bqhd,bkhd->bhqk', q, k).astype(jnp.float32)
+        if bias is not None:
+            logits = logits + bias
+        probs = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
+        probs = nn.Dropout(self.dropout_rate)(probs, deterministic=self.deterministic)
+        out = jnp.einsum('bhqk,bkhd->bqhd', probs, v)
+        out = dense(width, ('heads', 'kv', 'embed'), axis=(-2, -1), dtype=self.dtype,
+                    param_dtype=self.param_dtype, use_bias=self.use_bias, name='out')(out)
+        return constrain(out, 'batch', 'length', 'act_embed')
+
+
+class Mlp(nn.Module):
+    """Linear -> exact GELU -> Linear. [B, L, D] -> [B, L, D]."""
+    hidden_dim: int
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    names: tuple[str, str] = ('fc1', 'fc2')
+
+    @nn.compact
+    def __call__(self, x):
+        width = x.shape[-1]
+        h = dense(self.hidden_dim, ('embed', 'mlp'), dtype=self.dtype,
+                  param_dtype=self.param_dtype, name=self.names[0])(x)
+        h = constrain(exact_gelu(h), 'batch', 'length', 'act_mlp')
+        return dense(width, ('mlp', 'embed'), dtype=self.dtype, param_dtype=self.param_dtype,
+                     name=self.names[1])(h)
+
+
+def remat_policy(name: str):
+    policies = {
+        'full': jax.checkpoint_policies.nothing_saveable,
+        'dots': jax.checkpoint_policies.checkpoint_dots,
+        'dots_no_batch': jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+    }
+    if name not in policies:
+        raise ValueError(f"model.remat_policy must be one of {['none', *policies]}, got {name!r}")
+    return policies[name]
+
+
+class LayerStack(nn.Module):
+    """Applies ``depth`` copies of a layer, looped or with ``nn.scan``, optionally rematerialised.
+
+    ``layer(**layer_kwargs, deterministic=...)`` is called as ``layer(carry, per_layer, *broadcast) -> (carry, None)`` where
+    ``per_layer`` is that layer's entry of ``per_layer_values`` (e.g. its drop-path rate). Looped
+    layers are named ``{name_prefix}_{i}``; scanned ones share one module ``{name_prefix}`` whose
+    parameters gain a leading 'layers' axis. The converter maps between the two forms.
+    """
+    layer: type[nn.Module]
+    layer_kwargs: dict
+    depth: int
+    scan: bool = False
+    remat: str = 'none'
+    name_prefix: str = 'layers'
+
+    @nn.compact
+    def __call__(self, x, per_layer_values, *broadcast, deterministic: bool = True):
+        layer_cls = self.layer
+        kwargs = dict(self.layer_kwargs, deterministic=deterministic)
+        if self.remat != 'none':
+            layer_cls = nn.remat(layer_cls, policy=remat_policy(self.remat), prevent_cse=not self.scan)
+        if self.scan:
+            scanned = nn.scan(
+                layer_cls, variable_axes={'params': 0}, split_rngs={'params': True, 'dropout': True},
+                in_axes=(0,) + (nn.broadcast,) * len(broadcast), length=self.depth,
+                metadata_params={nn.PARTITION_NAME: 'layers'})
+            x, _ = scanned(**kwargs, name=self.name_prefix)(
+                x, per_layer_values, *broadcast)
+            return x
+        for i in range(self.depth):
+            x, _ = layer_cls(**kwargs, name=f'{self.name_prefix}_{i}')(
+                x, per_layer_values[i], *broadcast)
+        return x
