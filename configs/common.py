@@ -113,7 +113,8 @@ def optimizer_config() -> ml_collections.ConfigDict:
         grad_clip_norm=1.0,  # global norm; 0 disables
         # 'regex=multiplier,...' on '/'-joined param paths, first match wins: x2 for the newly
         # initialised parts. A string so it stays one command-line override.
-        lr_multipliers='vision_proj=2,text_proj=2,^temp$=2,itm_head=2,bbox_head=2,cross_attention=2',
+        lr_multipliers=('vision_proj=2,text_proj=2,^temp$=2,itm_head=2,bbox_head=2,'
+                        'cross_attention=2'),
     ))
 
 
@@ -122,4 +123,90 @@ def partitioning_config() -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(dict(
         mesh=dict(data=-1, fsdp=1, tensor=1),  # -1: all remaining devices
         rules='dp',  # 'dp' | 'fsdp' | 'fsdp_tp' (partitioning.RULE_PRESETS)
+    ))
+
+
+def streams_config(family: str) -> ml_collections.ConfigDict:
+    """Objectives per data stream with their loss weights (SPEC §6-7); 0 disables one."""
+    if family == 'xfm':
+        return ml_collections.ConfigDict(dict(
+            text=dict(mlm=1.0),
+            image=dict(mim=1.0),
+            image_text=dict(itc=1.0, itm=1.0, imlm=1.0, mim=1.0),
+            region=dict(itc=1.0, itm=1.0, imlm=1.0, box=1.0),
+        ))
+    return ml_collections.ConfigDict(dict(
+        image_text=dict(itc=1.0, itm=1.0, imlm=1.0),
+        region=dict(itc=1.0, itm=1.0, imlm=1.0, box=1.0),  # x w_reg (0.5 in the 1B stage 1)
+        video=dict(itc=1.0, itm=1.0, imlm=1.0),
+    ))
+
+
+def batch_config(family: str) -> ml_collections.ConfigDict:
+    """Per-stream GLOBAL batch shapes (X-FM reference per-device batches x 8 GPUs)."""
+    caption_len = 30 if family == 'xfm' else 40
+    out = dict(
+        image_text=dict(batch_size=768, text_len=caption_len),
+        region=dict(batch_size=768, text_len=caption_len, region_texts=5),
+    )
+    if family == 'xfm':
+        out.update(text=dict(batch_size=2048, text_len=128), image=dict(batch_size=768))
+    else:
+        out.update(video=dict(batch_size=256, text_len=caption_len, frames=3))
+    return ml_collections.ConfigDict(out)
+
+
+def train_config(family: str) -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(dict(
+        total_steps=200_000,
+        # 'reference': X-FM's three sequential updates per step (SPEC §7); 'summed': one update.
+        schedule='reference' if family == 'xfm' else 'summed',
+        reference_groups='text;region,image;image_text',  # ';' between updates
+        grad_accum_steps=1,
+        seed=42,
+    ))
+
+
+def tiny_batches(config: ml_collections.ConfigDict) -> None:
+    """Test-sized batch shapes: 8 examples per stream (one per simulated device)."""
+    for stream in config.batch:
+        config.batch[stream].batch_size = 8
+        if 'text_len' in config.batch[stream]:
+            config.batch[stream].text_len = 16
+        if 'region_texts' in config.batch[stream]:
+            config.batch[stream].region_texts = 2
+        if 'frames' in config.batch[stream]:
+            config.batch[stream].frames = config.model.video_frames
+
+
+def run_config(family: str, model: ml_collections.ConfigDict, arg: str) -> ml_collections.ConfigDict:
+    """Assembles a full run config; ``arg`` 'tiny' shrinks model and batches for tests."""
+    config = ml_collections.ConfigDict()
+    config.model = model
+    config.streams = streams_config(family)
+    config.batch = batch_config(family)
+    config.objectives = objectives_config()
+    config.optimizer = optimizer_config()
+    config.partitioning = partitioning_config()
+    config.train = train_config(family)
+    if arg == 'tiny':
+        tiny_model(config.model)
+        tiny_batches(config)
+        config.objectives.mim.num_masked = 6  # of 16 patches on the tiny 4x4 grid
+        config.optimizer.warmup_steps = 2
+        config.train.total_steps = 100
+    elif arg:
+        raise ValueError(f"Unknown config preset {arg!r}; expected '' or 'tiny'.")
+    return config
+
+
+def objectives_config() -> ml_collections.ConfigDict:
+    """Settings per objective (xfm_jax.objectives), read by the objective of the same name."""
+    return ml_collections.ConfigDict(dict(
+        mlm={},
+        itc=dict(soft_targets=False),  # fine-tuning: image ids as soft multi-positive targets
+        itm=dict(negative_groups=1),  # hard negatives mined within each of these batch groups
+        imlm={},
+        box={},
+        mim=dict(num_masked=75),
     ))

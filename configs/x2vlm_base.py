@@ -9,12 +9,6 @@ from configs import common
 
 
 def get_config(arg: str = ''):
-    import ml_collections
-    config = ml_collections.ConfigDict()
-    config.model = common.model_config(
+    model = common.model_config(
         'x2vlm', common.vision_config(use_mask_token=False), common.bert_config(), fusion_depth=6)
-    if arg == 'tiny':
-        common.tiny_model(config.model)
-    elif arg:
-        raise ValueError(f"Unknown preset {arg!r} for x2vlm_base; expected '' or 'tiny'.")
-    return config
+    return common.run_config('x2vlm', model, arg)

@@ -7,15 +7,9 @@ from configs import common
 
 
 def get_config(arg: str = ''):
-    import ml_collections
-    config = ml_collections.ConfigDict()
-    config.model = common.model_config(
+    model = common.model_config(
         'x2vlm',
         common.vision_config(width=1024, depth=24, num_heads=16, use_mask_token=False),
         common.bert_config(width=1024, num_heads=16),
         fusion_depth=6)
-    if arg == 'tiny':
-        common.tiny_model(config.model)
-    elif arg:
-        raise ValueError(f"Unknown preset {arg!r} for x2vlm_large; expected '' or 'tiny'.")
-    return config
+    return common.run_config('x2vlm', model, arg)

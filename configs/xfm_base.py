@@ -8,12 +8,6 @@ from configs import common
 
 
 def get_config(arg: str = ''):
-    import ml_collections
-    config = ml_collections.ConfigDict()
-    config.model = common.model_config(
+    model = common.model_config(
         'xfm', common.vision_config(), common.roberta_config(), fusion_depth=12)
-    if arg == 'tiny':
-        common.tiny_model(config.model)
-    elif arg:
-        raise ValueError(f"Unknown preset {arg!r} for xfm_base; expected '' or 'tiny'.")
-    return config
+    return common.run_config('xfm', model, arg)

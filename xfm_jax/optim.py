@@ -1,15 +1,15 @@
 """Optimiser for X-FM / X²-VLM pre-training (SPEC §8): AdamW with a decay mask, per-parameter
 learning-rate multipliers, warmup + decay schedule, global-norm clipping and the temperature clamp.
 
-The update, per leaf ``p`` with multiplier ``m`` and decay flag ``d`` (PyTorch ``AdamW`` with
-param groups, which is what the reference X-VLM/X-FM code runs)::
+The update, per leaf ``p`` with lr multiplier ``mult`` and decay flag ``d`` (PyTorch ``AdamW``
+with param groups, which is what the reference X-VLM/X-FM code runs)::
 
     g      = clip_by_global_norm(grads, grad_clip_norm)
     adam   = m_hat / (sqrt(v_hat) + eps)                  # betas (0.9, 0.98), eps 1e-8
-    update = -lr(step) * m * (adam + weight_decay * d * p)
+    update = -lr(step) * mult * (adam + weight_decay * d * p)
 
-Every parameter group shares ONE schedule ``lr(step)``; the multiplier ``m`` scales the final
-update of its leaves. That equals a PyTorch param group with ``lr = m * base_lr`` (the decay term
+Every parameter group shares ONE schedule ``lr(step)``; the multiplier ``mult`` scales the final
+update of its leaves. That equals a PyTorch param group with ``lr = mult * base_lr`` (the decay term
 is scaled too, as PyTorch's decoupled decay multiplies by the group lr), yet keeps a single
 optax chain and a single schedule to log.
 
@@ -50,7 +50,8 @@ def decay_mask(params: Any) -> Any:
     """True for leaves that get weight decay, False for biases and normalisation parameters.
 
     A leaf is exempt when
-      * its name contains 'bias' (``bias``, ``q_bias``, ``v_bias``, ``relative_position_bias_table``),
+      * its name contains 'bias' (``bias``, ``q_bias``, ``v_bias``,
+        ``relative_position_bias_table``),
       * its name is 'scale' (the gain of flax LayerNorm/RMSNorm), or
       * any enclosing module's name contains 'norm' (case-insensitive), for custom norm layers.
     This is the reference X-VLM grouping (``no_decay = {'bias', 'LayerNorm.weight', 'norm1.weight',
@@ -96,8 +97,9 @@ def lr_multiplier_tree(params: Any, rules: Sequence[tuple[re.Pattern, float]]) -
     return jax.tree_util.tree_map_with_path(multiplier, params)
 
 
-def scale_by_lr_multipliers(rules: Sequence[tuple[re.Pattern, float]]) -> optax.GradientTransformation:
-    """Scales each update leaf by its path's multiplier. Stateless: multipliers follow from paths."""
+def scale_by_lr_multipliers(
+        rules: Sequence[tuple[re.Pattern, float]]) -> optax.GradientTransformation:
+    """Scales each update leaf by its path's multiplier; stateless, as paths fix multipliers."""
     def update_fn(updates, state, params=None):
         del params
         multipliers = lr_multiplier_tree(updates, rules)
@@ -123,21 +125,27 @@ def make_schedule(config: ml_collections.ConfigDict, total_steps: int) -> optax.
     raise ValueError(f"optimizer.decay must be 'linear' or 'cosine', got {config.decay!r}")
 
 
-def make_optimizer(config: ml_collections.ConfigDict,
-                   total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+def make_optimizer(
+        config: ml_collections.ConfigDict, total_steps: int, *,
+        updates_per_step: int = 1) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """Builds the AdamW chain described in the module docstring from ``optimizer_config()``.
 
-    Returns ``(tx, schedule)``; ``schedule(step)`` is the base lr (multiplier 1) for logging.
-    ``tx.update`` needs ``params`` (for weight decay). ``grad_clip_norm`` of 0/None disables
-    clipping.
+    Returns ``(tx, schedule)``; ``schedule(train_step)`` is the base lr (multiplier 1) for logging.
+    ``total_steps`` counts train steps. A train step may call ``tx.update`` ``updates_per_step``
+    times (one update per stream group, as the reference schedule does); the lr then stays
+    constant within a train step, as the reference ticks its scheduler once per iteration, while
+    Adam's bias correction counts every update. ``tx.update`` needs ``params`` (for weight decay).
+    ``grad_clip_norm`` of 0/None disables clipping.
     """
+    if updates_per_step < 1:
+        raise ValueError(f'updates_per_step must be >= 1, got {updates_per_step}')
     schedule = make_schedule(config, total_steps)
     tx = optax.chain(
         optax.clip_by_global_norm(config.grad_clip_norm) if config.grad_clip_norm
         else optax.identity(),
         optax.scale_by_adam(b1=config.b1, b2=config.b2, eps=config.eps),
         optax.add_decayed_weights(config.weight_decay, mask=decay_mask),
-        optax.scale_by_learning_rate(schedule),
+        optax.scale_by_learning_rate(lambda update: schedule(update // updates_per_step)),
         scale_by_lr_multipliers(parse_lr_multipliers(config.lr_multipliers)),
     )
     return tx, schedule
