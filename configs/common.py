@@ -94,6 +94,8 @@ def tiny_model(config: ml_collections.ConfigDict) -> None:
     m = config
     m.vision.update(image_size=32, patch_size=8, width=32, depth=2, num_heads=2, mlp_dim=64)
     m.text.update(vocab_size=512, width=32, depth=2, num_heads=2, mlp_dim=64, max_positions=40)
+    if m.text.variant == 'roberta':
+        m.text.mask_id = m.text.vocab_size - 1  # RoBERTa's <mask> is its last id
     m.fusion.depth = 2
     m.embed_dim = 16
     if m.video_frames:
@@ -164,6 +166,18 @@ def train_config(family: str) -> ml_collections.ConfigDict:
         reference_groups='text;region,image;image_text',  # ';' between updates
         grad_accum_steps=1,
         seed=42,
+        log_every=50,
+    ))
+
+
+def checkpoint_config() -> ml_collections.ConfigDict:
+    """Orbax checkpoint policy (xfm_jax.checkpoint)."""
+    return ml_collections.ConfigDict(dict(
+        every_steps=1000,
+        keep=3,  # the newest K
+        keep_every=10_000,  # and every M-th step for good (0: none)
+        async_save=True,
+        save_on_sigterm=True,
     ))
 
 
@@ -189,12 +203,15 @@ def run_config(family: str, model: ml_collections.ConfigDict, arg: str) -> ml_co
     config.optimizer = optimizer_config()
     config.partitioning = partitioning_config()
     config.train = train_config(family)
+    config.checkpoint = checkpoint_config()
     if arg == 'tiny':
         tiny_model(config.model)
         tiny_batches(config)
         config.objectives.mim.num_masked = 6  # of 16 patches on the tiny 4x4 grid
         config.optimizer.warmup_steps = 2
         config.train.total_steps = 100
+        config.train.log_every = 10
+        config.checkpoint.every_steps = 50
     elif arg:
         raise ValueError(f"Unknown config preset {arg!r}; expected '' or 'tiny'.")
     return config

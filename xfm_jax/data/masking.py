@@ -75,7 +75,8 @@ def block_mim_mask(rng: np.random.Generator, *, grid: int, num_masked: int, min_
         remaining = num_masked - count
         added = 0
         for _ in range(max_attempts):
-            area = rng.uniform(min_block, remaining)
+            # Like Python's random.uniform, allow remaining < min_block (bounds swap).
+            area = rng.uniform(*sorted((min_block, remaining)))
             aspect = math.exp(rng.uniform(*log_aspect))
             h = int(round(math.sqrt(area * aspect)))
             w = int(round(math.sqrt(area / aspect)))

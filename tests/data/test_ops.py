@@ -1,0 +1,113 @@
+"""TF image and text ops against PIL / numpy (independent implementations) and hand values."""
+
+import io
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image, ImageOps
+
+from xfm_jax.data import image_ops, text_ops, vocab as vocab_lib
+
+
+def _seed(i):
+    return tf.constant([7, i], tf.int64)
+
+
+@pytest.mark.parametrize('raw,expected', [
+    ('A Man, riding a WAVE!! on top-of a surfboard.', 'a man riding a wave on top of a surfboard'),
+    ("Don't   stop\tnow", "don't stop now"),
+    ('!!! ... ???', ''),
+    ('Café DÉJÀ vu', 'café déjà vu'),
+])
+def test_clean_caption(raw, expected):
+    assert text_ops.clean_caption(tf.constant(raw)).numpy().decode() == expected
+
+
+def test_clean_caption_keeps_30_words():
+    long = ' '.join(f'w{i}' for i in range(45))
+    out = text_ops.clean_caption(tf.constant([long, 'short one'])).numpy()
+    assert out[0].decode() == ' '.join(f'w{i}' for i in range(30))
+    assert out[1].decode() == 'short one'
+
+
+def test_tokenize_wrapped(tmp_path):
+    path = vocab_lib.synthetic_vocab_file(['red', 'circle'], str(tmp_path / 'v.txt'),
+                                          vocab_size=150, pad_id=0, cls_id=101, sep_id=102,
+                                          mask_id=103)
+    vocab = vocab_lib.WordPieceVocabulary(path)
+    specials = vocab_lib.special_ids(vocab)
+    # [UNK]=1, circle=2, red=3.
+    out = text_ops.tokenize_wrapped(vocab, specials, tf.constant(['red circle', '',
+                                                                  'red red red red red']), 5)
+    assert out.numpy().tolist() == [[101, 3, 2, 102, 0], [101, 102, 0, 0, 0],
+                                    [101, 3, 3, 3, 102]]
+
+
+def test_crop_boxes_hand_computed():
+    boxes = tf.constant([[10.0, 10.0, 20.0, 20.0], [0.0, 0.0, 10.0, 10.0], [30.0, 5.0, 20.0, 10.0]])
+    crop = tf.constant([5.0, 5.0, 45.0, 45.0])  # 40 x 40 crop resized to 80: scale 2
+    out, keep = image_ops.crop_boxes(boxes, crop, 80, tf.constant(False))
+    # Box 0 inside: (10-5)*2 = 10. Box 1: 25 of 100 px^2 inside -> dropped. Box 2: x 30..45 of
+    # 30..50 and y 5..15: 150 of 200 inside (> 50%) -> kept, clipped to w 15 -> 30 output px.
+    assert keep.numpy().tolist() == [True, False, True]
+    np.testing.assert_allclose(out.numpy()[[0, 2]], [[10, 10, 40, 40], [50, 0, 30, 20]])
+    flipped, _ = image_ops.crop_boxes(boxes, crop, 80, tf.constant(True))
+    np.testing.assert_allclose(flipped.numpy()[0], [80 - 10 - 40, 10, 40, 40])
+
+
+def test_crop_around_box_contains_box():
+    box = tf.constant([13.3, 20.7, 30.0, 11.1])
+    for i in range(50):
+        x0, y0, x1, y1 = image_ops.crop_around_box(tf.constant(60), tf.constant(80), box,
+                                                   _seed(i)).numpy()
+        assert 0 <= x0 <= 13 and 0 <= y0 <= 20 and 44 <= x1 <= 80 and 32 <= y1 <= 60
+
+
+def _random_image(seed, size=(24, 20)):
+    rng = np.random.default_rng(seed)
+    return rng.integers(30, 200, (*size, 3)).astype(np.uint8)
+
+
+def test_equalize_and_autocontrast_match_pil():
+    for seed in range(5):
+        image = _random_image(seed)
+        ours = image_ops.equalize(tf.constant(image, tf.float32)).numpy()
+        np.testing.assert_array_equal(ours, np.asarray(ImageOps.equalize(Image.fromarray(image))))
+        ours = image_ops.autocontrast(tf.constant(image, tf.float32)).numpy()
+        theirs = np.asarray(ImageOps.autocontrast(Image.fromarray(image)), np.float32)
+        assert np.abs(ours - theirs).max() < 1.01  # PIL truncates through a uint8 lookup table
+
+
+def test_rotate_90_matches_numpy():
+    image = _random_image(0, (9, 9)).astype(np.float32)
+    out = image_ops.rotate(tf.constant(image), tf.constant(90.0)).numpy()
+    np.testing.assert_allclose(out, np.rot90(image, 1), atol=1e-3)  # counter-clockwise
+
+
+def test_random_resized_crop_and_randaugment_deterministic():
+    buffer = io.BytesIO()
+    Image.fromarray(_random_image(1, (50, 70))).save(buffer, format='JPEG')
+    encoded = tf.constant(buffer.getvalue())
+    a = image_ops.random_resized_crop(encoded, 32, _seed(0))
+    b = image_ops.random_resized_crop(encoded, 32, _seed(0))
+    assert a.shape == (32, 32, 3) and np.array_equal(a.numpy(), b.numpy())
+    outs = [image_ops.randaugment(a, _seed(i)).numpy() for i in (1, 1, 2)]
+    assert np.array_equal(outs[0], outs[1])
+    for out in outs:
+        assert out.shape == (32, 32, 3) and 0 <= out.min() and out.max() <= 255
+
+
+def test_crop_window_within_image_and_scale():
+    for i in range(30):
+        top, left, h, w = image_ops.crop_window(tf.constant(100), tf.constant(150), _seed(i)).numpy()
+        assert 0 <= top and top + h <= 100 and 0 <= left and left + w <= 150
+        assert 0.2 * 15000 * 0.9 <= h * w <= 15000
+
+
+def test_normalize_clip_statistics():
+    mean_pixel = tf.constant(np.array(image_ops.CLIP_MEAN, np.float32) * 255)[None, None]
+    np.testing.assert_allclose(image_ops.normalize(mean_pixel).numpy(), 0, atol=1e-5)
+    white = image_ops.normalize(tf.fill([1, 1, 3], 255.0)).numpy()[0, 0]
+    np.testing.assert_allclose(white, (1 - np.array(image_ops.CLIP_MEAN))
+                               / np.array(image_ops.CLIP_STD), rtol=1e-5)
