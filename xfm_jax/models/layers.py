@@ -40,17 +40,44 @@ def constrain(x, *names):
     return nn.with_logical_constraint(x, names)
 
 
-def dense(features, names, *, dtype, param_dtype, use_bias=True, name=None, axis=-1):
-    """A DenseGeneral whose kernel and bias carry logical axis names.
+class Dense(nn.Module):
+    """A linear map whose kernel is created in its final multi-axis shape with logical names.
 
-    ``names`` lists the kernel's axes: input axes then output axes.
+    (flax's DenseGeneral initialises a flat kernel and reshapes it, which breaks under active
+    logical-axis rules.) ``num_in`` trailing input axes are contracted; ``features`` are the
+    output axes. kernel: [*in_dims, *features], bias: [*features].
     """
+    features: tuple[int, ...]
+    names: tuple[str | None, ...]
+    num_in: int = 1
+    use_bias: bool = True
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        in_dims = x.shape[x.ndim - self.num_in:]
+        kernel = self.param(
+            'kernel', nn.with_logical_partitioning(default_kernel_init, self.names),
+            (*in_dims, *self.features), self.param_dtype)
+        letters = 'abcdefgh'
+        ins, outs = letters[:self.num_in], letters[self.num_in:self.num_in + len(self.features)]
+        y = jnp.einsum(f'...{ins},{ins}{outs}->...{outs}', x.astype(self.dtype),
+                       kernel.astype(self.dtype))
+        if self.use_bias:
+            bias = self.param(
+                'bias', nn.with_logical_partitioning(nn.initializers.zeros,
+                                                     self.names[self.num_in:]),
+                self.features, self.param_dtype)
+            y = y + bias.astype(self.dtype)
+        return y
+
+
+def dense(features, names, *, dtype, param_dtype, use_bias=True, name=None, num_in=1):
+    """``Dense`` with ``features`` an int or tuple; ``names`` lists input then output axes."""
     features = features if isinstance(features, tuple) else (features,)
-    return nn.DenseGeneral(
-        features=features, axis=axis, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype,
-        kernel_init=nn.with_logical_partitioning(default_kernel_init, names),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, names[-len(features):]),
-        name=name)
+    return Dense(features, tuple(names), num_in=num_in, use_bias=use_bias, dtype=dtype,
+                 param_dtype=param_dtype, name=name)
 
 
 def layer_norm(eps, *, dtype, param_dtype, name=None):
@@ -106,7 +133,7 @@ class MultiHeadAttention(nn.Module):
         probs = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
         probs = nn.Dropout(self.dropout_rate)(probs, deterministic=self.deterministic)
         out = jnp.einsum('bhqk,bkhd->bqhd', probs, v)
-        out = dense(width, ('heads', 'kv', 'embed'), axis=(-2, -1), dtype=self.dtype,
+        out = dense(width, ('heads', 'kv', 'embed'), num_in=2, dtype=self.dtype,
                     param_dtype=self.param_dtype, use_bias=self.use_bias, name='out')(out)
         return constrain(out, 'batch', 'length', 'act_embed')
 

@@ -1,0 +1,113 @@
+r"""Pre-training program: mesh -> input -> model/optimizer -> sharding -> step -> checkpoints -> loop.
+
+    python -m xfm_jax.train --config=configs/xfm_base.py:tiny --workdir=runs/tiny \
+        [--config.train.total_steps=200 ...]
+
+Resumes from the newest checkpoint in ``--workdir/checkpoints`` when there is one: parameters,
+optimizer state and step (the data position and the step's randomness follow from the step).
+Saves on SIGTERM / preemption notices and at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from absl import app, flags, logging
+import jax
+import jax.numpy as jnp
+import numpy as np
+from ml_collections import config_flags
+
+from xfm_jax import checkpoint as checkpoint_lib
+from xfm_jax import partitioning, streams, train_step as ts
+from xfm_jax.models.model import build_model
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Run config (configs/*.py[:preset]).',
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Checkpoints and logs go here.')
+
+
+def synthetic_batches(config, start_step: int):
+    """Random batches satisfying the stream contract: a smoke-test source needing no data.
+    Deterministic per step, so a resumed run sees the same batches."""
+    vision, text = config.model.vision, config.model.text
+    step = start_step
+    while True:
+        rng = np.random.default_rng([config.train.seed, step])
+        batch = {}
+        for stream in config.streams:
+            spec = config.batch[stream]
+            batch[stream] = streams.synthetic_batch(
+                stream, rng, vocab_size=text.vocab_size, pad_id=text.pad_id,
+                mask_id=text.mask_id, num_masked_patches=config.objectives.mim.num_masked,
+                batch=spec.batch_size // jax.process_count(), text_len=spec.get('text_len', 1),
+                image_size=vision.image_size, patch_size=vision.patch_size,
+                region_texts=spec.get('region_texts', 1), frames=spec.get('frames', 1))
+        yield batch
+        step += 1
+
+
+def train(config, workdir: str) -> dict:
+    """Runs (or resumes) training; returns the last step's metrics as floats."""
+    # ---- mesh --------------------------------------------------------------------------------
+    mesh = partitioning.make_mesh(config.partitioning.mesh)
+    rules = partitioning.get_rules(config.partitioning.rules)
+    logging.info('mesh %s, rules %s', dict(mesh.shape), config.partitioning.rules)
+
+    # ---- model, optimizer, sharded state -----------------------------------------------------
+    model = build_model(config.model)
+    tx, schedule = ts.make_optimizer(config)
+    abstract = jax.eval_shape(lambda r: ts.create_train_state(model, tx, r), jax.random.key(0))
+    state_sh = partitioning.state_shardings(abstract, mesh, rules)
+    checkpoints = checkpoint_lib.Checkpoints(os.path.join(workdir, 'checkpoints'), config)
+    state = checkpoints.restore_latest(abstract, state_sh)
+    if state is None:
+        init_fn = ts.unboxed_state_init(model, tx)
+        state = jax.jit(init_fn, out_shardings=state_sh)(jax.random.key(config.train.seed))
+    start_step = int(state.step)
+    logging.info('starting at step %d of %d', start_step, config.train.total_steps)
+
+    # ---- input -------------------------------------------------------------------------------
+    batches = synthetic_batches(config, start_step)
+
+    # ---- update step -------------------------------------------------------------------------
+    step_fn = ts.jit_train_step(ts.make_train_step(model, config, tx, schedule), state_sh,
+                                partitioning.batch_sharding(mesh))
+    rng = jax.random.key(config.train.seed + 1)
+
+    # ---- loop --------------------------------------------------------------------------------
+    metrics = {}
+    start = time.perf_counter()
+    with partitioning.sharding_context(mesh, rules):
+        for step in range(start_step, config.train.total_steps):
+            batch = partitioning.shard_batch(next(batches), mesh)
+            state, metrics = step_fn(state, batch, rng)
+            if (step + 1) % config.train.log_every == 0 or step + 1 == config.train.total_steps:
+                metrics = jax.device_get(metrics)
+                bad = [k for k, v in metrics.items() if not np.isfinite(v)]
+                if bad:
+                    raise FloatingPointError(f'Non-finite {bad} at step {step + 1}; the last '
+                                             f'good checkpoint is kept in {checkpoints.directory}.')
+                rate = (step + 1 - start_step) / (time.perf_counter() - start)
+                eta = (config.train.total_steps - step - 1) / rate
+                logging.info('step %d: loss %.4f (%.2f steps/s, ETA %.0f s)', step + 1,
+                             metrics['loss'], rate, eta)
+            if checkpoints.maybe_save(step + 1, state):
+                logging.warning('preempted: saved step %d, exiting', step + 1)
+                break
+        checkpoints.save(int(state.step), state, force=True)
+    checkpoints.wait()
+    return {k: float(v) for k, v in jax.device_get(metrics).items()}
+
+
+def main(argv):
+    del argv
+    jnp.zeros(())  # initialise the backend before logging device facts
+    logging.info('%d devices: %s', jax.device_count(), jax.devices()[0].device_kind)
+    train(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == '__main__':
+    flags.mark_flags_as_required(['config', 'workdir'])
+    app.run(main)
