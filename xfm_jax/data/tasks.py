@@ -19,6 +19,7 @@ undeclared features.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import importlib
@@ -30,6 +31,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from xfm_jax.data import text_ops, vocab as vocab_lib
+from xfm_jax.data.builders import user as user_builder
 
 SKIP_REASONS = ('ok', 'empty_text', 'no_boxes')
 STREAMS = ('text', 'image', 'image_text', 'region', 'video')
@@ -42,42 +44,88 @@ class Source:
     builder: str  # tfds name incl. config, e.g. 'xfm_synthetic/scenes_64'
     schema: str  # 'image_text' | 'video' | 'text' (builders/schema.py)
     qa: bool = False  # has question-answer pairs (synthetic scenes, easy-VQA)
+    regions: bool = False  # has boxed phrases (feeds the region stream)
+    kwargs: tuple = ()  # builder constructor kwargs as sorted (name, value) pairs
 
 
+_SYNTHETIC = 'xfm_jax.data.builders.synthetic'
+_CORPORA = 'xfm_jax.data.builders.text_corpora'
 SOURCES = {
-    'xfm_synthetic_scenes': Source('xfm_jax.data.builders.synthetic', 'xfm_synthetic/scenes_64',
-                                   'image_text', qa=True),
-    'xfm_synthetic_scenes_224': Source('xfm_jax.data.builders.synthetic',
-                                       'xfm_synthetic/scenes_224', 'image_text', qa=True),
-    'xfm_synthetic_clips': Source('xfm_jax.data.builders.synthetic', 'xfm_synthetic/clips_64',
-                                  'video'),
-    'xfm_synthetic_sentences': Source('xfm_jax.data.builders.synthetic',
-                                      'xfm_synthetic/sentences', 'text'),
+    'xfm_synthetic_scenes': Source(_SYNTHETIC, 'xfm_synthetic/scenes_64', 'image_text', qa=True,
+                                   regions=True),
+    'xfm_synthetic_scenes_224': Source(_SYNTHETIC, 'xfm_synthetic/scenes_224', 'image_text',
+                                       qa=True, regions=True),
+    'xfm_synthetic_clips': Source(_SYNTHETIC, 'xfm_synthetic/clips_64', 'video'),
+    'xfm_synthetic_sentences': Source(_SYNTHETIC, 'xfm_synthetic/sentences', 'text'),
+    # Installed offline sets (builders/*.py name the install command when the files are missing).
+    'easy_vqa': Source('xfm_jax.data.builders.easy_vqa', 'xfm_easy_vqa', 'image_text', qa=True),
+    'fashion_mnist': Source('xfm_jax.data.builders.fashion_mnist', 'xfm_fashion_mnist',
+                            'image_text'),
+    'movie_reviews': Source('xfm_jax.data.builders.movie_reviews', 'xfm_movie_reviews', 'text'),
+    'wordnet_glosses': Source(_CORPORA, 'xfm_text_corpora/wordnet_glosses', 'text'),
+    'fortunes': Source(_CORPORA, 'xfm_text_corpora/fortunes', 'text'),
 }
 
 # Streams each schema can feed; 'vqa_image_text' reads question-answer pairs as captions.
-_SCHEMA_STREAMS = {'image_text': ('image_text', 'image', 'region'), 'video': ('video',),
+_SCHEMA_STREAMS = {'image_text': ('image_text', 'image'), 'video': ('video',),
                    'text': ('text',)}
 
 
-def task_names() -> list[str]:
-    """Every task name that ``register`` knows: f'{source}_{stream}' (and '_vqa_image_text')."""
+def sources(config=None) -> dict[str, Source]:
+    """SOURCES plus ``config.user_sources`` ({name: xfm_user config fields}, builders/user.py),
+    with ``config.builder_kwargs`` ({source: {kwarg: value}}) applied."""
+    config = config or {}
+    user = {}
+    for name, fields in (config.get('user_sources') or {}).items():
+        fields = dict(fields)
+        if fields.get('format') not in user_builder.FORMATS:
+            raise ValueError(f"data.user_sources.{name}.format must be one of "
+                             f"{sorted(user_builder.FORMATS)}, got {fields.get('format')!r}.")
+        user[name] = Source(user_builder.__name__, 'xfm_user',
+                            user_builder.FORMATS[fields['format']],
+                            regions=fields['format'] == 'xvlm_region',
+                            kwargs=(('config', user_builder.UserConfig(name=name, **fields)),))
+    clash = set(user) & set(SOURCES)
+    if clash:
+        raise ValueError(f'data.user_sources names {sorted(clash)} are built-in sources.')
+    all_sources = {**SOURCES, **user}
+    overrides = config.get('builder_kwargs') or {}
+    unknown = set(overrides) - set(all_sources)
+    if unknown:
+        raise ValueError(f'data.builder_kwargs names unknown sources {sorted(unknown)}; known: '
+                         f'{sorted(all_sources)}.')
+    return {name: dataclasses.replace(source, kwargs=tuple(sorted(
+        {**dict(source.kwargs), **overrides.get(name, {})}.items())))
+        for name, source in all_sources.items()}
+
+
+def task_names(config=None) -> list[str]:
+    """Every task name that ``register`` knows: f'{source}_{stream}' (and '_vqa_image_text',
+    '_region')."""
     names = []
-    for source_name, source in SOURCES.items():
+    for source_name, source in sources(config).items():
         names += [f'{source_name}_{s}' for s in _SCHEMA_STREAMS[source.schema]]
         if source.qa:
             names.append(f'{source_name}_vqa_image_text')
+        if source.regions:
+            names.append(f'{source_name}_region')
     return names
 
 
 def load_builder(source: Source, data_dir: str | None) -> tfds.core.DatasetBuilder:
     """The source's builder, prepared (built) on first use; builders never touch the network."""
     importlib.import_module(source.module)
-    builder = tfds.builder(source.builder, data_dir=data_dir)
+    builder = tfds.builder(source.builder, data_dir=data_dir, **dict(source.kwargs))
     if not tf.io.gfile.exists(os.path.join(builder.data_dir, 'dataset_info.json')):
         builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
             try_download_gcs=False))
     return builder
+
+
+def build_counts(source: Source, data_dir: str | None, split: str) -> dict[str, int]:
+    """{reason: n} of the records the source's builder dropped (or converted) while building."""
+    metadata = load_builder(source, data_dir).info.metadata or {}
+    return dict(metadata.get('bad', {}).get(split, {}))
 
 
 def _dataset_fn(source: Source, data_dir: str | None, split: str, shuffle_files: bool,
@@ -193,7 +241,8 @@ def register(config) -> dict[str, str]:
     """
     vocab = make_vocabulary(config.vocab)
     specials = vocab_lib.special_ids(vocab)
-    known = set(task_names())
+    all_sources = sources(config)
+    known = set(task_names(config))
     mixtures = {}
     for stream, stream_config in config.streams.items():
         rates = []
@@ -201,11 +250,11 @@ def register(config) -> dict[str, str]:
             if task_name not in known:
                 raise ValueError(f'data.streams.{stream}.mixture names unknown task '
                                  f'{task_name!r}; known tasks: {sorted(known)}.')
-            source_name, task_stream = _split_task_name(task_name)
+            source_name, task_stream = _split_task_name(task_name, all_sources)
             if task_stream.removeprefix('vqa_') != stream:
                 raise ValueError(f'Task {task_name!r} feeds stream {task_stream!r}, not '
                                  f'{stream!r} (data.streams.{stream}.mixture).')
-            _register_task(task_name, SOURCES[source_name], stream, vocab, specials,
+            _register_task(task_name, all_sources[source_name], stream, vocab, specials,
                            text_len=stream_config.get('text_len', 0),
                            data_dir=config.tfds_data_dir,
                            max_words=config.caption_max_words,
@@ -218,11 +267,25 @@ def register(config) -> dict[str, str]:
     return mixtures
 
 
-def _split_task_name(task_name: str) -> tuple[str, str]:
-    for stream in sorted(('vqa_image_text',) + STREAMS, key=len, reverse=True):
-        if task_name.endswith('_' + stream):
-            return task_name[:-len(stream) - 1], stream
-    raise ValueError(f'Task name {task_name!r} does not end with a stream name.')
+def stream_build_counts(config, stream: str, split: str) -> dict[str, int]:
+    """{reason: n} summed over the builders feeding ``stream`` (each source counted once)."""
+    all_sources, counts = sources(config), collections.Counter()
+    names = {_split_task_name(task, all_sources)[0]
+             for task, _ in config.streams[stream].mixture}
+    for name in sorted(names):
+        counts.update(build_counts(all_sources[name], config.tfds_data_dir, split))
+    return dict(counts)
+
+
+def _split_task_name(task_name: str, known: dict) -> tuple[str, str]:
+    """'{source}_{stream}' -> (source, stream); the stream is the part after a known source
+    ('easy_vqa_image_text' is easy_vqa's image_text, not easy's vqa_image_text)."""
+    for stream in ('vqa_image_text',) + STREAMS:
+        source = task_name.removesuffix('_' + stream)
+        if source != task_name and source in known:
+            return source, stream
+    raise ValueError(f'Task name {task_name!r} is not f"{{source}}_{{stream}}" with a source '
+                     f'in {sorted(known)}.')
 
 
 def _register_task(name, source, stream, vocab, specials, *, text_len, data_dir, max_words,
