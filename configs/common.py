@@ -194,7 +194,14 @@ def tiny_batches(config: ml_collections.ConfigDict) -> None:
 
 
 def run_config(family: str, model: ml_collections.ConfigDict, arg: str) -> ml_collections.ConfigDict:
-    """Assembles a full run config; ``arg`` 'tiny' shrinks model and batches for tests."""
+    """Assembles a full run config. Presets (``arg``):
+
+    ''          the paper's recipe; data from ``configs/data.py`` preset 'synthetic' (224 px).
+    'tiny'      test-sized model; random batches that satisfy the stream contract (no TF needed).
+    'runlocal'  test-sized model on the synthetic TFDS data (``configs/data.py:synthetic_tiny``):
+                the README's main job, minutes on a CPU.
+    """
+    from configs import data as data_configs
     config = ml_collections.ConfigDict()
     config.model = model
     config.streams = streams_config(family)
@@ -204,7 +211,7 @@ def run_config(family: str, model: ml_collections.ConfigDict, arg: str) -> ml_co
     config.partitioning = partitioning_config()
     config.train = train_config(family)
     config.checkpoint = checkpoint_config()
-    if arg == 'tiny':
+    if arg in ('tiny', 'runlocal'):
         tiny_model(config.model)
         tiny_batches(config)
         config.objectives.mim.num_masked = 6  # of 16 patches on the tiny 4x4 grid
@@ -213,7 +220,17 @@ def run_config(family: str, model: ml_collections.ConfigDict, arg: str) -> ml_co
         config.train.log_every = 10
         config.checkpoint.every_steps = 50
     elif arg:
-        raise ValueError(f"Unknown config preset {arg!r}; expected '' or 'tiny'.")
+        raise ValueError(f"Unknown config preset {arg!r}; expected '', 'tiny' or 'runlocal'.")
+    if arg != 'tiny':
+        config.data = data_configs.data_config('synthetic_tiny' if arg else 'synthetic', model)
+        for stream, spec in config.data.streams.items():
+            # Global batch sizes from config.batch; text and region shapes from the data.
+            spec.batch_size = config.batch[stream].batch_size
+            config.batch[stream].update({k: spec[k] for k in config.batch[stream] if k in spec})
+        config.objectives.mim.num_masked = config.data.mim.num_masked
+    if arg == 'runlocal':
+        config.train.update(total_steps=300, log_every=25)
+        config.checkpoint.every_steps = 100
     return config
 
 

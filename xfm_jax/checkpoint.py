@@ -44,31 +44,37 @@ class Checkpoints:
         return self._sigterm
 
     def restore_latest(self, abstract_state, shardings):
-        """The newest complete checkpoint restored onto ``shardings``, or None."""
+        """(state, data_state) of the newest complete checkpoint on ``shardings``, or None."""
         step = self._manager.latest_step()
         if step is None:
             return None
         return self.restore(step, abstract_state, shardings)
 
     def restore(self, step: int, abstract_state, shardings):
+        """Restores onto ``shardings``, whatever mesh the checkpoint was written from."""
         target = jax.tree.map(
             lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
             nn.unbox(abstract_state), shardings)
         logging.info('restoring step %d from %s', step, self.directory)
-        return self._manager.restore(step, args=ocp.args.StandardRestore(target))
+        restored = self._manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore()))
+        return restored.state, restored.data
 
-    def maybe_save(self, step: int, state) -> bool:
+    def maybe_save(self, step: int, state, data_state=None) -> bool:
         """Saves on the interval, on a preemption notice or after SIGTERM. Returns True when the
         run should stop (preemption)."""
         preempted = self._manager.reached_preemption(step) or self._sigterm
         if preempted or self._manager.should_save(step):
-            self.save(step, state, force=preempted)
+            self.save(step, state, data_state, force=preempted)
         return preempted
 
-    def save(self, step: int, state, force: bool = False):
+    def save(self, step: int, state, data_state=None, force: bool = False):
+        """``data_state``: the input pipeline's JSON position, saved beside the arrays."""
         if self._manager.latest_step() == step:
             return
-        self._manager.save(step, args=ocp.args.StandardSave(state), force=force)
+        self._manager.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state or {})),
+            force=force)
 
     def wait(self):
         self._manager.wait_until_finished()

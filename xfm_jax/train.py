@@ -61,43 +61,70 @@ def train(config, workdir: str) -> dict:
     abstract = jax.eval_shape(lambda r: ts.create_train_state(model, tx, r), jax.random.key(0))
     state_sh = partitioning.state_shardings(abstract, mesh, rules)
     checkpoints = checkpoint_lib.Checkpoints(os.path.join(workdir, 'checkpoints'), config)
-    state = checkpoints.restore_latest(abstract, state_sh)
-    if state is None:
+    restored = checkpoints.restore_latest(abstract, state_sh)
+    if restored is None:
         init_fn = ts.unboxed_state_init(model, tx)
         state = jax.jit(init_fn, out_shardings=state_sh)(jax.random.key(config.train.seed))
+        data_state = None
+    else:
+        state, data_state = restored
     start_step = int(state.step)
     logging.info('starting at step %d of %d', start_step, config.train.total_steps)
 
     # ---- input -------------------------------------------------------------------------------
-    batches = synthetic_batches(config, start_step)
+    batch_sh = partitioning.batch_sharding(mesh)
+    if 'data' in config:
+        from xfm_jax.data import pipeline  # TensorFlow and seqio load only for real data
+        batches = pipeline.make_streams(config.data, seed=config.train.seed, sharding=batch_sh,
+                                        state=data_state or None)
+        data_position = batches.state
+    else:
+        batches = (partitioning.shard_batch(b, mesh)
+                   for b in synthetic_batches(config, start_step))
+        data_position = dict
 
     # ---- update step -------------------------------------------------------------------------
     step_fn = ts.jit_train_step(ts.make_train_step(model, config, tx, schedule), state_sh,
-                                partitioning.batch_sharding(mesh))
+                                batch_sh)
     rng = jax.random.key(config.train.seed + 1)
+
+    # ---- metrics -----------------------------------------------------------------------------
+    from clu import metric_writers
+    writer = metric_writers.create_default_writer(
+        os.path.join(workdir, 'tensorboard'), just_logging=jax.process_index() > 0)
+    writer.write_hparams({k: v for k, v in config.train.items()})
 
     # ---- loop --------------------------------------------------------------------------------
     metrics = {}
-    start = time.perf_counter()
     with partitioning.sharding_context(mesh, rules):
         for step in range(start_step, config.train.total_steps):
-            batch = partitioning.shard_batch(next(batches), mesh)
-            state, metrics = step_fn(state, batch, rng)
+            state, metrics = step_fn(state, next(batches), rng)
+            if step == start_step:  # rates and ETA exclude the compilation
+                jax.block_until_ready(metrics)
+                start, timed_from = time.perf_counter(), step + 1
             if (step + 1) % config.train.log_every == 0 or step + 1 == config.train.total_steps:
                 metrics = jax.device_get(metrics)
                 bad = [k for k, v in metrics.items() if not np.isfinite(v)]
                 if bad:
                     raise FloatingPointError(f'Non-finite {bad} at step {step + 1}; the last '
                                              f'good checkpoint is kept in {checkpoints.directory}.')
-                rate = (step + 1 - start_step) / (time.perf_counter() - start)
+                rate = (step + 1 - timed_from) / max(time.perf_counter() - start, 1e-9)
                 eta = (config.train.total_steps - step - 1) / rate
+                scalars = {**metrics, 'steps_per_second': rate}
+                if 'data' in config:
+                    scalars.update({f'bad_data/{s}': sum(c.values())
+                                    for s, c in batches.bad_counts().items()})
+                writer.write_scalars(step + 1, scalars)
                 logging.info('step %d: loss %.4f (%.2f steps/s, ETA %.0f s)', step + 1,
                              metrics['loss'], rate, eta)
-            if checkpoints.maybe_save(step + 1, state):
+            if checkpoints.maybe_save(step + 1, state, data_position()):
                 logging.warning('preempted: saved step %d, exiting', step + 1)
                 break
-        checkpoints.save(int(state.step), state, force=True)
+        checkpoints.save(int(state.step), state, data_position(), force=True)
     checkpoints.wait()
+    writer.flush()
+    print(f'Checkpoints: {checkpoints.directory}\nTensorBoard: tensorboard --logdir '
+          f'{os.path.join(workdir, "tensorboard")}')
     return {k: float(v) for k, v in jax.device_get(metrics).items()}
 
 

@@ -1,0 +1,61 @@
+"""Box prediction for region texts (SPEC §6.5): L1 + (1 - GIoU) on normalised (cx, cy, w, h)."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import ml_collections
+
+# Guards the divisions of degenerate (zero-area) boxes: a NaN there would reach the gradient
+# even through a zero loss weight.
+_EPS = 1e-9
+
+
+def corners(boxes):
+    """[..., 4] (cx, cy, w, h) -> [..., 4] (x0, y0, x1, y1)."""
+    centre, size = boxes[..., :2], boxes[..., 2:]
+    return jnp.concatenate([centre - 0.5 * size, centre + 0.5 * size], axis=-1)
+
+
+def generalized_iou(boxes_a, boxes_b):
+    """Element-wise GIoU of [..., 4] (cx, cy, w, h) boxes -> [...] in [-1, 1].
+
+    GIoU = IoU - (area(C) - union) / area(C), C the smallest box enclosing both.
+    """
+    a, b = corners(boxes_a), corners(boxes_b)
+    area = lambda c: (c[..., 2] - c[..., 0]) * (c[..., 3] - c[..., 1])  # noqa: E731
+    overlap = jnp.clip(jnp.minimum(a[..., 2:], b[..., 2:]) - jnp.maximum(a[..., :2], b[..., :2]),
+                       0.0)
+    intersection = overlap[..., 0] * overlap[..., 1]
+    union = area(a) + area(b) - intersection
+    hull = jnp.maximum(a[..., 2:], b[..., 2:]) - jnp.minimum(a[..., :2], b[..., :2])
+    hull_area = hull[..., 0] * hull[..., 1]
+    iou = intersection / jnp.maximum(union, _EPS)
+    return iou - (hull_area - union) / jnp.maximum(hull_area, _EPS)
+
+
+def box_loss(predicted, target, weights):
+    """L1 (summed over the 4 coordinates) and 1 - GIoU, each averaged over weighted boxes.
+
+    Args:
+      predicted, target: [B, 4] normalised (cx, cy, w, h); weights: [B] float, 0 excludes a box
+        from the sums and the count.
+    Returns:
+      (l1, giou_loss), fp32 scalars (0 when no box counts).
+    """
+    predicted, target = predicted.astype(jnp.float32), target.astype(jnp.float32)
+    count = jnp.maximum(weights.sum(), 1.0)
+    l1 = (jnp.abs(predicted - target).sum(axis=-1) * weights).sum() / count
+    giou_loss = ((1.0 - generalized_iou(predicted, target)) * weights).sum() / count
+    return l1, giou_loss
+
+
+def box(model, enc: dict, batch: dict, rng, settings: ml_collections.ConfigDict):
+    """Fusion over (FULL image, region text) -> box head. Reads ``text_hidden``,
+    ``attention_mask``, ``full_image_tokens``, ``box``, ``box_valid`` and ``valid`` (all [B', ...]);
+    whole-image captions and padding texts (box_valid 0) are excluded."""
+    del batch, rng, settings  # the region pair view holds everything
+    fused = model.fuse(enc['text_hidden'], enc['attention_mask'], enc['full_image_tokens'],
+                       train=enc['train'])
+    l1, giou_loss = box_loss(model.box_prediction(fused), enc['box'],
+                             enc['box_valid'] * enc['valid'])
+    return l1 + giou_loss, {'box_l1': l1, 'box_giou_loss': giou_loss}

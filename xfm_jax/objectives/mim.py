@@ -1,0 +1,37 @@
+"""Vision-language guided masked image modelling (X-FM, SPEC §6.6).
+
+The target is the same online vision encoder's output on the UNMASKED image, through
+stop_gradient (no EMA teacher); the prediction is a second pass with the batch's patch mask.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+
+def mim_loss(predicted, target, mim_mask):
+    """MSE on the masked patches plus MSE on the pooled token 0.
+
+    Args:
+      predicted, target: [B, 1+N, D] vision tokens (token 0 pooled, 1..N patches);
+      mim_mask: [B, N] bool, the masked patches.
+    Returns:
+      (patch_loss, pooled_loss): means over the masked patches' elements and over token 0's.
+    """
+    squared = jnp.square(predicted.astype(jnp.float32) - target.astype(jnp.float32))
+    weights = mim_mask.astype(jnp.float32)[..., None]
+    count = jnp.maximum(weights.sum() * squared.shape[-1], 1.0)
+    patch_loss = (squared[:, 1:] * weights).sum() / count
+    return patch_loss, jnp.mean(squared[:, 0])
+
+
+def mim(model, enc: dict, batch: dict, rng, settings: ml_collections.ConfigDict):
+    """Reads ``enc['image_tokens']`` (the unmasked pass, [B, 1+N, D]) and the batch's ``image``
+    and ``mim_mask``; the masked pass is MIM's own."""
+    del rng, settings  # the mask comes with the data (objectives.mim.num_masked sizes it)
+    target = jax.lax.stop_gradient(enc['image_tokens'])
+    predicted = model.encode_image(batch['image'], batch['mim_mask'], train=enc['train'])
+    patch_loss, pooled_loss = mim_loss(predicted, target, batch['mim_mask'])
+    return patch_loss + pooled_loss, {'mim_patch_loss': patch_loss, 'mim_pooled_loss': pooled_loss}
