@@ -72,8 +72,9 @@ def main(argv):
     state = jax.jit(init_fn, out_shardings=state_sh)(jax.random.key(0))
     with partitioning.sharding_context(mesh, rules):
         batch = partitioning.shard_batch(batches, mesh)
-        step = ts.jit_train_step(ts.make_train_step(model, config, tx, schedule), state_sh,
-                                 partitioning.batch_sharding(mesh))
+        step = ts.make_train_step(model, config, tx, schedule,
+                                  partitioning.num_batch_shards(mesh))
+        step = ts.jit_train_step(step, state_sh, partitioning.batch_sharding(mesh))
         rng = jax.random.key(1)
         start = time.perf_counter()
         compiled = step.lower(state, batch, rng).compile()

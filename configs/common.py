@@ -239,7 +239,9 @@ def objectives_config() -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(dict(
         mlm={},
         itc=dict(soft_targets=False),  # fine-tuning: image ids as soft multi-positive targets
-        itm=dict(negative_groups=1),  # hard negatives mined within each of these batch groups
+        # Hard negatives are mined within each of these contiguous batch groups; 0: one per
+        # batch shard (the reference mines in each device's local batch).
+        itm=dict(negative_groups=0),
         imlm={},
         box={},
         mim=dict(num_masked=75),

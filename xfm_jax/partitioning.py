@@ -134,6 +134,11 @@ def state_shardings(abstract_state: Any, mesh: jax.sharding.Mesh, rules: Logical
     return shardings
 
 
+def num_batch_shards(mesh: jax.sharding.Mesh) -> int:
+    """How many pieces the batch is split into (the product of the batch mesh axes)."""
+    return _mesh_axes_size(mesh, BATCH_AXES)
+
+
 def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
     """Leading (batch) dim split over ('data', 'fsdp'), the rest replicated."""
     return NamedSharding(mesh, P(BATCH_AXES))

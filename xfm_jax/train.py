@@ -84,8 +84,8 @@ def train(config, workdir: str) -> dict:
         data_position = dict
 
     # ---- update step -------------------------------------------------------------------------
-    step_fn = ts.jit_train_step(ts.make_train_step(model, config, tx, schedule), state_sh,
-                                batch_sh)
+    step = ts.make_train_step(model, config, tx, schedule, partitioning.num_batch_shards(mesh))
+    step_fn = ts.jit_train_step(step, state_sh, batch_sh)
     rng = jax.random.key(config.train.seed + 1)
 
     # ---- metrics -----------------------------------------------------------------------------

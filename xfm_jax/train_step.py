@@ -51,14 +51,16 @@ def update_groups(config: ml_collections.ConfigDict) -> list[tuple[str, ...]]:
     if schedule == 'reference':
         groups = [tuple(s.strip() for s in group.split(',') if s.strip())
                   for group in config.train.reference_groups.split(';')]
-        unknown = sorted({s for g in groups for s in g} - set(config.streams))
+        unknown = sorted({s for g in groups for s in g} - set(STREAM_ORDER))
         if unknown:
-            raise ValueError(f'train.reference_groups names streams {unknown} that are not in '
-                             f'config.streams ({sorted(config.streams)}).')
+            raise ValueError(f'train.reference_groups names unknown streams {unknown}; streams '
+                             f'are {STREAM_ORDER}.')
         missing = sorted(set(streams) - {s for g in groups for s in g})
         if missing:
             raise ValueError(f'Streams {missing} are in config.streams but in no group of '
                              f'train.reference_groups={config.train.reference_groups!r}.')
+        # Streams the config does not train are left out; a group left empty disappears.
+        groups = [tuple(s for s in g if s in config.streams) for g in groups]
         return [g for g in groups if g]
     raise ValueError(f"train.schedule must be 'summed' or 'reference', got {schedule!r}.")
 
@@ -78,9 +80,20 @@ def create_train_state(model: VisionLanguageModel, tx: optax.GradientTransformat
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
 
+def objective_settings(config: ml_collections.ConfigDict, batch_shards: int):
+    """``config.objectives`` with 'auto' values resolved: ``itm.negative_groups`` 0 means one
+    group per batch shard, i.e. hard negatives mined within each device's local batch."""
+    settings = ml_collections.ConfigDict(config.objectives.to_dict())
+    if not settings.itm.negative_groups:
+        settings.itm.negative_groups = batch_shards
+    return settings
+
+
 def make_loss_fn(model: VisionLanguageModel, config: ml_collections.ConfigDict,
-                 streams: tuple[str, ...]) -> Callable:
-    """``loss_fn(params, batch, rng) -> (total_loss, metrics)`` over the given streams."""
+                 streams: tuple[str, ...], batch_shards: int = 1) -> Callable:
+    """``loss_fn(params, batch, rng) -> (total_loss, metrics)`` over the given streams;
+    ``batch_shards``: how many devices split the batch (see :func:`objective_settings`)."""
+    settings = objective_settings(config, batch_shards)
 
     def loss_fn(params, batch, rng):
         dropout_rng, objective_rng = jax.random.split(rng)
@@ -98,7 +111,7 @@ def make_loss_fn(model: VisionLanguageModel, config: ml_collections.ConfigDict,
                 fn = objectives_lib.get(name, stream)
                 loss, objective_metrics = fn(bound, encoded, batch[stream],
                                              jax.random.fold_in(stream_rng, i),
-                                             config.objectives[name])
+                                             settings[name])
                 total = total + weight * loss
                 metrics[f'{stream}/{name}_loss'] = loss
                 metrics.update({f'{stream}/{k}': v for k, v in objective_metrics.items()})
@@ -145,14 +158,15 @@ def accumulated_grads(loss_fn, params, batch, rng, num_micro: int):
 
 
 def make_train_step(model: VisionLanguageModel, config: ml_collections.ConfigDict,
-                    tx: optax.GradientTransformation, schedule: Callable) -> Callable:
+                    tx: optax.GradientTransformation, schedule: Callable,
+                    batch_shards: int = 1) -> Callable:
     """``train_step(state, batch, rng) -> (state, metrics)``; jit it with :func:`jit_train_step`.
 
     ``rng`` is the run's base key: the step folds in ``state.step``, so a resumed run draws the
     same randomness as an uninterrupted one.
     """
     groups = update_groups(config)
-    loss_fns = [make_loss_fn(model, config, group) for group in groups]
+    loss_fns = [make_loss_fn(model, config, group, batch_shards) for group in groups]
     temp_range = tuple(config.model.temp_range)
     num_micro = config.train.grad_accum_steps
 

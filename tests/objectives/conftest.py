@@ -17,6 +17,7 @@ _CONFIGS = {'xfm': xfm_base, 'x2vlm': x2vlm_base}
 @functools.lru_cache(maxsize=None)
 def _tiny(family: str, stop_gradient_text: bool):
     config = _CONFIGS[family].get_config('tiny')
+    config.objectives.itm.negative_groups = 1  # one device's view: the whole batch is local
     default = config.model.stop_gradient_text
     config.model.stop_gradient_text = stop_gradient_text
     model = build_model(config.model)

@@ -64,6 +64,7 @@ def test_mim_needs_a_mask_token(make_batch):
 def test_every_configured_stream_traces_in_training_mode(config_module, make_batch):
     """Shapes only (no compile): every stream with its configured objectives, dropout on."""
     config = config_module.get_config('tiny')
+    config.objectives.itm.negative_groups = 1
     model = build_model(config.model)
     params = nn.unbox(abstract_variables(model))['params']
     for stream, weights in config.streams.items():
