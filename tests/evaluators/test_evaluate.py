@@ -1,0 +1,101 @@
+"""The evaluation program end to end: a TrainState checkpoint written by Orbax from an 8-device
+mesh, its params alone restored onto 1 device, evaluators run, metrics written."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from xfm_jax import checkpoint as checkpoint_lib
+from xfm_jax import convert, evaluate, partitioning, train_step as ts
+from xfm_jax.models.model import build_model
+
+
+@pytest.fixture(scope='module')
+def saved(eval_config, random_arrays, tmp_path_factory):
+    """(workdir, params as numpy) of a step-7 checkpoint written from a data=8 mesh."""
+    config = eval_config.copy_and_resolve_references()
+    config.checkpoint.save_on_sigterm = False
+    mesh = partitioning.make_mesh({'data': 8, 'fsdp': 1, 'tensor': 1})
+    assert mesh.devices.size == 8
+    model = build_model(config.model)
+    tx, _ = ts.make_optimizer(config)
+    abstract = jax.eval_shape(lambda r: ts.create_train_state(model, tx, r), jax.random.key(0))
+    shardings = partitioning.state_shardings(abstract, mesh, partitioning.get_rules('dp'))
+    state = random_arrays(abstract, shardings)
+    workdir = str(tmp_path_factory.mktemp('run'))
+    checkpoints = checkpoint_lib.Checkpoints(os.path.join(workdir, 'checkpoints'), config)
+    checkpoints.save(7, state, {'consumed': {}}, force=True)
+    checkpoints.wait()
+    checkpoints.close()
+    return workdir, jax.device_get(state.params)
+
+
+def _one_device(config):
+    mesh = partitioning.make_mesh(config.partitioning.mesh, jax.devices()[:1])
+    return mesh, partitioning.get_rules(config.partitioning.rules)
+
+
+def _assert_same(restored, expected, mesh):
+    for (path, got), want in zip(jax.tree_util.tree_leaves_with_path(restored),
+                                 jax.tree.leaves(expected)):
+        assert got.sharding.mesh.devices.size == mesh.devices.size, path
+        np.testing.assert_array_equal(np.asarray(got), want, err_msg=str(path))
+
+
+def test_params_only_restore_onto_one_device(eval_config, saved):
+    workdir, params = saved
+    directory, step, converted = evaluate.locate(workdir, None)
+    assert (directory, step, converted) == (os.path.join(workdir, 'checkpoints', '7', 'state'),
+                                            7, None)
+    mesh, rules = _one_device(eval_config)
+    abstract, shardings = evaluate.param_shardings(build_model(eval_config.model), mesh, rules)
+    _assert_same(evaluate.restore_params(directory, abstract, shardings), params, mesh)
+
+
+def test_evaluate_writes_json_and_tensorboard(eval_config, saved, tmp_path):
+    workdir, _ = saved
+    config = eval_config.copy_and_resolve_references()
+    config.evaluate.evaluators = 'retrieval'
+    config.evaluate.retrieval.max_images = 8
+    out = str(tmp_path)
+    results = evaluate.evaluate(config, out, os.path.join(workdir, 'checkpoints', '7'),
+                                devices=jax.devices()[:1])
+    with open(os.path.join(out, 'eval_step7.json')) as f:
+        written = json.load(f)
+    assert written['step'] == 7 and written['metrics'] == results
+    assert results['retrieval/num_images'] == 8
+    assert results['retrieval/chance/t2i_r5'] == pytest.approx(100 * 5 / 8)
+    assert any(name.startswith('events.out') for name in os.listdir(f'{out}/tensorboard'))
+    assert os.path.isfile(os.path.join(out, 'retrieval_gallery_step7.png'))
+
+
+def test_converted_checkpoint(eval_config, saved, tmp_path):
+    _, params = saved
+    convert.save_converted(str(tmp_path), params, {'format': 'xfm',
+                                                   'model': eval_config.model.to_dict()})
+    directory, step, model = evaluate.locate(None, str(tmp_path / 'params'))
+    # model_config.json holds the model section (JSON: tuples come back as lists).
+    assert (directory, step) == (str(tmp_path / 'params'), 0)
+    assert model == json.loads(json.dumps(eval_config.model.to_dict()))
+    mesh, rules = _one_device(eval_config)
+    abstract, shardings = evaluate.param_shardings(build_model(eval_config.model), mesh, rules)
+    _assert_same(evaluate.restore_params(directory, abstract, shardings), params, mesh)
+
+
+def test_mismatched_model_and_bad_paths_are_named(eval_config, saved, tmp_path):
+    workdir, _ = saved
+    config = eval_config.copy_and_resolve_references()
+    config.model.embed_dim = 8  # the checkpoint's projections are 16 wide
+    mesh, rules = _one_device(config)
+    abstract, shardings = evaluate.param_shardings(build_model(config.model), mesh, rules)
+    directory, _, _ = evaluate.locate(workdir, None)
+    with pytest.raises(ValueError, match=r'vision_proj/dense/kernel: stored \(32, 16\), '
+                                         r'model \(32, 8\)'):
+        evaluate.restore_params(directory, abstract, shardings)
+    with pytest.raises(FileNotFoundError, match='neither an Orbax step directory'):
+        evaluate.locate(None, str(tmp_path))
+    with pytest.raises(FileNotFoundError, match='No complete checkpoint'):
+        evaluate.locate(str(tmp_path), None)

@@ -1,0 +1,117 @@
+"""Each evaluator on 12 synthetic scenes with a random-init tiny model, sharded over 8 simulated
+devices in batches of 8 (so the last batch is padded), against the same quantities computed
+directly: one unsharded model.apply over the whole set."""
+
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from xfm_jax import evaluate, partitioning
+from xfm_jax.evaluators import batching, data, grounding, linear_probe, metrics, retrieval
+from xfm_jax.evaluators import zero_shot_classification
+from xfm_jax.models.model import build_model
+
+
+@pytest.fixture(scope='module')
+def ctx(eval_config, random_arrays, tmp_path_factory):
+    mesh = partitioning.make_mesh(eval_config.partitioning.mesh)
+    rules = partitioning.get_rules(eval_config.partitioning.rules)
+    model = build_model(eval_config.model)
+    params = random_arrays(*evaluate.param_shardings(model, mesh, rules))
+    return batching.EvalContext(model=model, params=params, mesh=mesh, rules=rules,
+                                config=eval_config, batch_size=8,
+                                workdir=str(tmp_path_factory.mktemp('eval')), step=3)
+
+
+def _direct(ctx, ds, ids):
+    """Unbatched, unsharded: image tokens + embeddings, text hidden + embeddings, text mask."""
+    params = jax.device_get(ctx.params)
+    mask = (ids != ctx.config.model.text.pad_id).astype(np.int32)
+
+    def encode(m, images, ids, mask):
+        tokens, hidden = m.encode_image(images), m.encode_text(ids, mask)
+        return tokens, m.image_embedding(tokens), hidden, m.text_embedding(hidden)
+    return (params, *jax.jit(lambda p, *a: ctx.model.apply({'params': p}, *a, method=encode))(
+        params, ds.images, ids, mask), mask)
+
+
+def _fusion(ctx, params, hidden, mask, tokens):
+    def heads(m, h, k, t):
+        fused = m.fuse(h, k, t)
+        return jax.nn.softmax(m.itm_logits(fused), -1)[:, 1], m.box_prediction(fused)
+    return jax.jit(lambda p, *a: ctx.model.apply({'params': p}, *a, method=heads))(
+        params, hidden, mask, tokens)
+
+
+def test_retrieval_matches_direct_computation(ctx):
+    ds = data.load(ctx.config, '', 'validation', 12)
+    assert (ds.num_images, len(ds.caption_ids)) == (12, 24)  # two captions per scene
+    # k >= the candidate count re-ranks every pair: ITM then orders everything.
+    settings = ctx.config.evaluate.retrieval.copy_and_resolve_references()
+    settings.k = 24
+    out = retrieval.evaluate(ctx, settings)
+
+    params, tokens, image_emb, hidden, text_emb, mask = _direct(ctx, ds, ds.caption_ids)
+    similarity = np.asarray(image_emb) @ np.asarray(text_emb).T
+    for key, value in metrics.retrieval_recall(similarity, ds.caption_image).items():
+        assert out[f'itc/{key}'] == pytest.approx(value), key
+    image, text = np.meshgrid(np.arange(12), np.arange(24), indexing='ij')
+    match, _ = _fusion(ctx, params, hidden[text.ravel()], mask[text.ravel()],
+                       tokens[image.ravel()])
+    itm = np.asarray(match).reshape(12, 24)
+    for key, value in metrics.retrieval_recall(itm, ds.caption_image).items():
+        assert out[f'itm/{key}'] == pytest.approx(value), key
+    # Chance by hand: t2i K/12; i2t for 2 of 24 texts: 1 - (24-K)(23-K) / (24 * 23).
+    assert out['chance/t2i_r1'] == pytest.approx(100 / 12)
+    assert out['chance/i2t_r5'] == pytest.approx(100 * (1 - 19 * 18 / (24 * 23)))
+    assert out['num_images'] == 12 and out['num_texts'] == 24
+    assert os.path.isfile(os.path.join(ctx.workdir, 'retrieval_gallery_step3.png'))
+
+
+def test_zero_shot_classification_matches_direct_computation(ctx):
+    settings = ctx.config.evaluate.zero_shot_classification
+    out = zero_shot_classification.evaluate(ctx, settings)
+    ds = data.load(ctx.config, '', 'validation', 12)
+    tokenizer = data.Tokenizer(ctx.config.data.vocab, data.text_length(ctx.config))
+    prompts = tokenizer([f'a picture of a {name}' for name in ds.label_names])
+    _, _, image_emb, _, text_emb, _ = _direct(ctx, ds, prompts)
+    expected = 100 * np.mean(np.argmax(np.asarray(image_emb) @ np.asarray(text_emb).T, 1)
+                             == ds.labels)
+    assert out['top1'] == pytest.approx(expected)
+    assert out['majority_class'] == pytest.approx(100 * np.bincount(ds.labels).max() / 12)
+    assert out['num_classes'] == 4  # circle, square, triangle, diamond
+
+
+def test_grounding_matches_direct_computation(ctx):
+    out = grounding.evaluate(ctx, ctx.config.evaluate.grounding)
+    ds = data.load(ctx.config, '', 'validation', 12)
+    params, tokens, _, hidden, _, mask = _direct(ctx, ds, ds.phrase_ids)
+    _, boxes = _fusion(ctx, params, hidden, mask, tokens[ds.phrase_image])
+    iou = metrics.box_iou(np.asarray(boxes), ds.phrase_boxes)
+    assert out['accuracy'] == pytest.approx(100 * np.mean(iou >= 0.5))
+    assert out['mean_iou'] == pytest.approx(iou.mean(), rel=1e-5)
+    assert out['num_phrases'] == len(ds.phrase_ids)
+
+
+def test_logistic_regression_separates_separable_classes():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 60)
+    features = np.eye(3)[labels] * 2 - 1 + 0.1 * rng.normal(size=(60, 3))  # class c: +1 at c
+    weights, bias = linear_probe.fit_logistic_regression(
+        features, labels, 3, steps=100, learning_rate=0.1, weight_decay=0.0)
+    assert metrics.top1_accuracy(features @ weights + bias, labels) == 100.0
+
+
+def test_linear_probe_plumbing(ctx):
+    out = linear_probe.evaluate(ctx, ctx.config.evaluate.linear_probe)
+    assert (out['num_train'], out['num_test']) == (24, 12)
+    assert 0 <= out['test_top1'] <= 100 and 0 <= out['train_top1'] <= 100
+
+
+def test_unknown_source_and_missing_labels_are_named(ctx):
+    with pytest.raises(ValueError, match="Unknown evaluation source 'nope'"):
+        data.load(ctx.config, 'nope', 'validation')
+    with pytest.raises(ValueError, match="has no split 'test'"):
+        data.load(ctx.config, '', 'test')

@@ -1,0 +1,47 @@
+"""Evaluators, looked up by name. Each module has ``evaluate(ctx, settings) -> {metric: float}``
+(``ctx``: ``batching.EvalContext``; ``settings``: ``config.evaluate.<name>``).
+
+    retrieval                 zero-shot image<->text retrieval, ITC then ITM re-ranking
+    zero_shot_classification  images against one text prompt per class name (ITC)
+    linear_probe              logistic regression on frozen image features
+    grounding                 box head over (image, phrase): accuracy at IoU >= threshold
+
+This module imports only ml_collections: configs may call :func:`evaluate_config`.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import ml_collections
+
+NAMES = ('retrieval', 'zero_shot_classification', 'linear_probe', 'grounding')
+
+
+def get(name: str):
+    """The ``evaluate`` function of the evaluator ``name``."""
+    if name not in NAMES:
+        raise ValueError(f'config.evaluate.evaluators names unknown evaluator {name!r}; '
+                         f'known: {NAMES}.')
+    return importlib.import_module(f'{__name__}.{name}').evaluate
+
+
+def evaluate_config(arg: str = '') -> ml_collections.ConfigDict:
+    """``config.evaluate``: which evaluators run and their settings.
+
+    ``arg``: the run preset ('' | 'tiny' | 'runlocal'); the tiny presets shrink the sets and
+    the re-ranking depth. ``source: ''`` means the first source of the run's
+    ``data.streams.image_text.mixture``; ``max_images: 0`` means the whole split.
+    """
+    tiny = arg in ('tiny', 'runlocal')
+    split = dict(source='', split='validation', max_images=0)
+    return ml_collections.ConfigDict(dict(
+        evaluators=','.join(NAMES),  # comma-separated: one command-line override
+        batch_size=16 if tiny else 256,  # global; rounded up to a multiple of the batch shards
+        retrieval=dict(**split, k=4 if tiny else 16, gallery_queries=8),
+        zero_shot_classification=dict(**split, prompt='a picture of a {}'),
+        linear_probe=dict(source='', train_split='train', test_split='validation',
+                          max_train_images=400 if tiny else 5000, max_test_images=0,
+                          steps=200 if tiny else 1000, learning_rate=0.1, weight_decay=1e-4),
+        grounding=dict(**split, iou_threshold=0.5),
+    ))

@@ -1,0 +1,132 @@
+"""Runs a jitted function over host rows in fixed-size batches sharded like training, with
+progress and ETA. Also the model calls the evaluators share.
+
+Each batch is split over the mesh axes ('data', 'fsdp') (``partitioning.shard_batch``); the last
+batch is padded by repeating row 0 and the padding dropped from the outputs. On several hosts
+every host holds all rows and feeds its own slice of each batch; outputs are gathered to every
+host.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from collections.abc import Callable
+from typing import Any
+
+from absl import logging
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+
+from xfm_jax import partitioning
+
+Rows = Callable[[np.ndarray], dict[str, np.ndarray]]
+
+
+class Progress:
+    """Logs ``done / total``, rate and ETA at most every ``every_s`` seconds and at the end."""
+
+    def __init__(self, name: str, total: int, every_s: float = 30.0):
+        self.name, self.total, self.every_s = name, total, every_s
+        self.start = self.last = time.perf_counter()
+
+    def update(self, done: int) -> None:
+        now = time.perf_counter()
+        if done < self.total and now - self.last < self.every_s:
+            return
+        self.last = now
+        rate = done / max(now - self.start, 1e-9)
+        logging.info('%s: %d/%d (%.1f/s, ETA %.0f s)', self.name, done, self.total, rate,
+                     (self.total - done) / max(rate, 1e-9))
+
+
+def take(arrays: dict[str, np.ndarray]) -> Rows:
+    """Rows of equally long arrays by index."""
+    return lambda index: {name: array[index] for name, array in arrays.items()}
+
+
+def global_batch_size(batch_size: int, mesh: jax.sharding.Mesh) -> int:
+    """``batch_size`` rounded up to a multiple of the batch shards (and of the processes)."""
+    shards = int(np.prod([mesh.shape[a] for a in partitioning.BATCH_AXES]))
+    multiple = int(np.lcm(shards, jax.process_count()))
+    return -(-batch_size // multiple) * multiple
+
+
+def map_batches(fn: Callable[[Any, dict], Any], params: Any, num_rows: int, rows: Rows, *,
+                batch_size: int, mesh: jax.sharding.Mesh, rules, name: str) -> Any:
+    """``fn(params, batch)`` over rows 0..num_rows-1 -> its outputs concatenated as numpy.
+
+    Args:
+      fn: jitted; every output has the batch as leading dim.
+      rows: ``index array -> {field: numpy [len(index), ...]}``.
+      batch_size: global batch, rounded up by :func:`global_batch_size`.
+    """
+    batch = global_batch_size(batch_size, mesh)
+    local = batch // jax.process_count()
+    mine = slice(jax.process_index() * local, (jax.process_index() + 1) * local)
+    progress = Progress(name, num_rows)
+    outputs = []
+    with partitioning.sharding_context(mesh, rules):
+        for start in range(0, num_rows, batch):
+            index = np.arange(start, start + batch)
+            index[index >= num_rows] = 0  # padding rows, dropped below
+            out = fn(params, partitioning.shard_batch(rows(index[mine]), mesh))
+            out = multihost_utils.process_allgather(out, tiled=True)
+            outputs.append(jax.tree.map(lambda x: np.asarray(x)[:num_rows - start], out))
+            progress.update(min(start + batch, num_rows))
+    return jax.tree.map(lambda *xs: np.concatenate(xs), *outputs)
+
+
+# ---- model calls ---------------------------------------------------------------------------------
+# ``model`` is a VisionLanguageModel; each function returns a jitted ``fn(params, batch)`` for
+# map_batches, cached so that evaluators sharing a model share the compiled function.
+
+@functools.lru_cache(maxsize=None)
+def image_encoder(model) -> Callable:
+    """batch {'image'} -> (ITC embedding [B, E], image tokens [B, 1+N, Dv])."""
+    def encode(module, images):
+        tokens = module.encode_image(images)
+        return module.image_embedding(tokens), tokens
+    return jax.jit(lambda params, b: model.apply({'params': params}, b['image'], method=encode))
+
+
+@functools.lru_cache(maxsize=None)
+def text_encoder(model) -> Callable:
+    """batch {'ids', 'mask'} -> (ITC embedding [B, E], language hidden states [B, L, Dt])."""
+    def encode(module, ids, mask):
+        hidden = module.encode_text(ids, mask)
+        return module.text_embedding(hidden), hidden
+    return jax.jit(lambda params, b: model.apply({'params': params}, b['ids'], b['mask'],
+                                                 method=encode))
+
+
+@functools.lru_cache(maxsize=None)
+def fusion_heads(model) -> Callable:
+    """batch {'text_hidden', 'mask', 'image_tokens'} -> (ITM match probability [B], box [B, 4]).
+
+    One fusion pass serves both heads (each is cheap next to it)."""
+    def heads(module, hidden, mask, image_tokens):
+        fused = module.fuse(hidden, mask, image_tokens)
+        match = jax.nn.softmax(module.itm_logits(fused).astype(np.float32), axis=-1)[:, 1]
+        return match, module.box_prediction(fused)
+    return jax.jit(lambda params, b: model.apply(
+        {'params': params}, b['text_hidden'], b['mask'], b['image_tokens'], method=heads))
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalContext:
+    """What every evaluator needs: the (unbound) model, its sharded params, the mesh."""
+    model: Any
+    params: Any
+    mesh: jax.sharding.Mesh
+    rules: Any
+    config: Any  # the run config
+    batch_size: int
+    workdir: str | None = None  # where evaluators may write files (e.g. a gallery); None: none
+    step: int = 0
+
+    def map(self, fn: Callable, num_rows: int, rows: Rows, name: str) -> Any:
+        return map_batches(fn, self.params, num_rows, rows, batch_size=self.batch_size,
+                           mesh=self.mesh, rules=self.rules, name=name)

@@ -1,0 +1,157 @@
+"""Evaluation sets: a TFDS split read in order, without augmentation, into host numpy arrays.
+
+Images are resized whole (bicubic) to the model's resolution and CLIP-normalised, as the papers
+evaluate; texts are cleaned and tokenised exactly as in training (``xfm_jax.data.text_ops``).
+Any source of ``xfm_jax.data.tasks.sources`` with the image-text schema works (synthetic scenes,
+Fashion-MNIST, easy-VQA, the user's own sets).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+
+import numpy as np
+import tensorflow as tf
+
+from xfm_jax.data import image_ops, tasks, text_ops, vocab as vocab_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSet:
+    """One split of an image-text source. N images, T captions, R boxed phrases."""
+    images: np.ndarray  # float32 [N, S, S, 3], CLIP-normalised
+    caption_ids: np.ndarray  # int32 [T, L]
+    caption_image: np.ndarray  # int32 [T]: index of the image each caption describes
+    captions: tuple[str, ...]  # [T] cleaned caption strings
+    phrase_ids: np.ndarray  # int32 [R, L]
+    phrase_image: np.ndarray  # int32 [R]
+    phrase_boxes: np.ndarray  # float32 [R, 4] normalised (cx, cy, w, h)
+    labels: np.ndarray | None  # int32 [N], when the source has a ``label`` class feature
+    label_names: tuple[str, ...]
+
+    @property
+    def num_images(self) -> int:
+        return len(self.images)
+
+
+class Tokenizer:
+    """Cleans and tokenises strings to ``cls tokens sep`` [length] like the training tasks."""
+
+    def __init__(self, vocab_config, length: int):
+        self.vocab = tasks.make_vocabulary(vocab_config)
+        self.specials = vocab_lib.special_ids(self.vocab)
+        self.length = length
+
+    def __call__(self, texts) -> np.ndarray:
+        """list of strings (already cleaned or not) -> int32 [len(texts), length]."""
+        cleaned = text_ops.clean_caption(tf.constant(list(texts), tf.string), max_words=10_000)
+        return text_ops.tokenize_wrapped(self.vocab, self.specials, cleaned,
+                                         self.length).numpy()
+
+    def mask(self, ids: np.ndarray) -> np.ndarray:
+        return (ids != self.specials.pad).astype(np.int32)
+
+
+def text_length(config) -> int:
+    """Caption length of the run's image-text stream (the length the model was trained on)."""
+    return int(config.data.streams.image_text.text_len)
+
+
+def default_source(data_config) -> str:
+    """The source of the first task of ``data.streams.image_text.mixture``."""
+    task = data_config.streams.image_text.mixture[0][0]
+    for name in tasks.sources(data_config):
+        if task in (f'{name}_image_text', f'{name}_vqa_image_text'):
+            return name
+    raise ValueError(f'data.streams.image_text.mixture starts with {task!r}, which is no '
+                     "source's image_text task; name config.evaluate.<evaluator>.source.")
+
+
+def load(config, source: str, split: str, max_images: int = 0) -> EvalSet:
+    """The first ``max_images`` (0: all) examples of ``split`` of ``source`` (a name in
+    ``xfm_jax.data.tasks.sources(config.data)``; '': :func:`default_source`), at
+    ``config.model.vision.image_size``."""
+    if 'data' not in config:
+        raise ValueError('Evaluation reads data through config.data (configs/data.py), which '
+                         'this config lacks (the :tiny preset); use :runlocal or add a data '
+                         'section.')
+    source = source or default_source(config.data)
+    # Cached on hashable settings: several evaluators read the same split once.
+    return _load(json.dumps(config.data.to_dict(), sort_keys=True, default=str), source, split,
+                 int(max_images), int(config.model.vision.image_size), text_length(config))
+
+
+@functools.lru_cache(maxsize=4)
+def _load(data_json: str, source_name: str, split: str, max_images: int, image_size: int,
+          length: int) -> EvalSet:
+    import ml_collections
+    data_config = ml_collections.ConfigDict(json.loads(data_json))
+    all_sources = tasks.sources(data_config)
+    if source_name not in all_sources:
+        raise ValueError(f'Unknown evaluation source {source_name!r}; known sources: '
+                         f'{sorted(all_sources)}.')
+    source = all_sources[source_name]
+    if source.schema != 'image_text':
+        raise ValueError(f'Evaluation source {source_name!r} has schema {source.schema!r}; '
+                         "image-text evaluation needs the 'image_text' schema.")
+    builder = tasks.load_builder(source, data_config.tfds_data_dir)
+    if split not in builder.info.splits:
+        raise ValueError(f'{source.builder} has no split {split!r}; it has '
+                         f'{sorted(builder.info.splits)}.')
+    has_label = 'label' in builder.info.features
+    label_names = tuple(builder.info.features['label'].names) if has_label else ()
+    tokenizer = Tokenizer(data_config.vocab, length)
+    max_words = data_config.caption_max_words
+
+    def prepare(ex):
+        image = image_ops.decode_rgb(ex['image'])
+        height = tf.cast(tf.shape(image)[0], tf.float32)
+        width = tf.cast(tf.shape(image)[1], tf.float32)
+        captions = text_ops.clean_caption(ex['captions'], max_words)
+        phrases = text_ops.clean_caption(ex['objects']['phrase'], max_words)
+        x, y, w, h = tf.unstack(tf.reshape(ex['objects']['bbox'], [-1, 4]), axis=-1)
+        out = {
+            'image': image_ops.normalize(image_ops.resize(image, image_size)),
+            'captions': captions,
+            'caption_ids': text_ops.tokenize_wrapped(tokenizer.vocab, tokenizer.specials,
+                                                     captions, length),
+            'phrase_ids': text_ops.tokenize_wrapped(tokenizer.vocab, tokenizer.specials,
+                                                    phrases, length),
+            # The whole image is resized to a square, so normalised coordinates carry over.
+            'boxes': tf.stack([(x + w / 2) / width, (y + h / 2) / height, w / width,
+                               h / height], -1),
+        }
+        if has_label:
+            out['label'] = tf.cast(ex['label'], tf.int32)
+        return out
+
+    import tensorflow_datasets as tfds
+    ds = builder.as_dataset(split=split, shuffle_files=False,
+                            decoders={'image': tfds.decode.SkipDecoding()})
+    if max_images:
+        ds = ds.take(max_images)
+    ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    images, caption_ids, caption_image, captions = [], [], [], []
+    phrase_ids, phrase_image, boxes, labels = [], [], [], []
+    for i, ex in enumerate(ds.as_numpy_iterator()):
+        images.append(ex['image'])
+        caption_ids.append(ex['caption_ids'])
+        caption_image += [i] * len(ex['caption_ids'])
+        captions += [c.decode() for c in ex['captions']]
+        phrase_ids.append(ex['phrase_ids'])
+        phrase_image += [i] * len(ex['phrase_ids'])
+        boxes.append(ex['boxes'])
+        if has_label:
+            labels.append(ex['label'])
+    if not images:
+        raise ValueError(f'{source.builder} split {split!r} is empty.')
+    return EvalSet(
+        images=np.stack(images).astype(np.float32),
+        caption_ids=np.concatenate(caption_ids).astype(np.int32).reshape(-1, length),
+        caption_image=np.asarray(caption_image, np.int32), captions=tuple(captions),
+        phrase_ids=np.concatenate(phrase_ids).astype(np.int32).reshape(-1, length),
+        phrase_image=np.asarray(phrase_image, np.int32),
+        phrase_boxes=np.concatenate(boxes).astype(np.float32).reshape(-1, 4),
+        labels=np.asarray(labels, np.int32) if has_label else None, label_names=label_names)
