@@ -202,6 +202,7 @@ def run_config(family: str, model: ml_collections.ConfigDict, arg: str) -> ml_co
                 the README's main job, minutes on a CPU.
     """
     from configs import data as data_configs
+    from xfm_jax import evaluators
     config = ml_collections.ConfigDict()
     config.model = model
     config.streams = streams_config(family)
@@ -211,6 +212,7 @@ def run_config(family: str, model: ml_collections.ConfigDict, arg: str) -> ml_co
     config.partitioning = partitioning_config()
     config.train = train_config(family)
     config.checkpoint = checkpoint_config()
+    config.evaluate = evaluators.evaluate_config(arg)
     if arg in ('tiny', 'runlocal'):
         tiny_model(config.model)
         tiny_batches(config)

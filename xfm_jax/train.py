@@ -20,7 +20,7 @@ import numpy as np
 from ml_collections import config_flags
 
 from xfm_jax import checkpoint as checkpoint_lib
-from xfm_jax import partitioning, streams, train_step as ts
+from xfm_jax import distributed, partitioning, streams, train_step as ts
 from xfm_jax.models.model import build_model
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Run config (configs/*.py[:preset]).',
@@ -122,6 +122,11 @@ def train(config, workdir: str) -> dict:
                 break
         checkpoints.save(int(state.step), state, data_position(), force=True)
     checkpoints.wait()
+    if 'data' in config:  # held-out evaluation of the final parameters (TF-based readers)
+        from xfm_jax import evaluate
+        results = evaluate.run_evaluators(config, state.params, mesh, rules, workdir=workdir,
+                                          step=int(state.step))
+        writer.write_scalars(int(state.step), {f'eval/{k}': v for k, v in results.items()})
     writer.flush()
     print(f'Checkpoints: {checkpoints.directory}\nTensorBoard: tensorboard --logdir '
           f'{os.path.join(workdir, "tensorboard")}')
@@ -130,6 +135,7 @@ def train(config, workdir: str) -> dict:
 
 def main(argv):
     del argv
+    distributed.initialize()  # before any other jax call: joins the hosts of a pod / SLURM job
     jnp.zeros(())  # initialise the backend before logging device facts
     logging.info('%d devices: %s', jax.device_count(), jax.devices()[0].device_kind)
     train(_CONFIG.value, _WORKDIR.value)
