@@ -26,42 +26,28 @@ def vision_config(*, width=768, depth=12, num_heads=12, image_size=224, patch_si
     ))
 
 
-def roberta_config(*, width=768, depth=12, num_heads=12) -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict(dict(
-        variant='roberta',
-        vocab_size=50265,
-        width=width,
-        depth=depth,
-        num_heads=num_heads,
-        mlp_dim=4 * width,
-        max_positions=514,
-        type_vocab_size=1,
-        pad_id=1,
-        cls_id=0,
-        sep_id=2,
-        mask_id=50264,
-        ln_eps=1e-5,
-        dropout=0.1,
-    ))
+# Vocabulary, positions and special tokens of the two language-encoder families (SPEC §3).
+_TEXT_VARIANTS = {
+    'roberta': dict(vocab_size=50265, max_positions=514, type_vocab_size=1, pad_id=1, cls_id=0,
+                    sep_id=2, mask_id=50264, ln_eps=1e-5),
+    'bert': dict(vocab_size=30522, max_positions=512, type_vocab_size=2, pad_id=0, cls_id=101,
+                 sep_id=102, mask_id=103, ln_eps=1e-12),
+}
 
 
-def bert_config(*, width=768, depth=12, num_heads=12) -> ml_collections.ConfigDict:
+def text_config(variant: str, *, width=768, depth=12, num_heads=12) -> ml_collections.ConfigDict:
+    """'roberta' (X-FM's language encoder) or 'bert' (X²-VLM's stack), post-LN, exact GELU."""
     return ml_collections.ConfigDict(dict(
-        variant='bert',
-        vocab_size=30522,
-        width=width,
-        depth=depth,
-        num_heads=num_heads,
-        mlp_dim=4 * width,
-        max_positions=512,
-        type_vocab_size=2,
-        pad_id=0,
-        cls_id=101,
-        sep_id=102,
-        mask_id=103,
-        ln_eps=1e-12,
-        dropout=0.1,
-    ))
+        variant=variant, width=width, depth=depth, num_heads=num_heads, mlp_dim=4 * width,
+        dropout=0.1, **_TEXT_VARIANTS[variant]))
+
+
+def roberta_config(**sizes) -> ml_collections.ConfigDict:
+    return text_config('roberta', **sizes)
+
+
+def bert_config(**sizes) -> ml_collections.ConfigDict:
+    return text_config('bert', **sizes)
 
 
 def model_config(family: str, vision, text, *, fusion_depth: int) -> ml_collections.ConfigDict:
