@@ -153,6 +153,12 @@ def train_config(family: str) -> ml_collections.ConfigDict:
         grad_accum_steps=1,
         seed=42,
         log_every=50,
+        # A fresh run takes the parameters of this checkpoint (an output of xfm_jax.convert or a
+        # step directory of a training run) that match by name and shape; '' for none.
+        init_from='',
+        init_exclude='',  # regex of '/'-joined param names that keep their fresh initialisation
+        profile_steps=0,  # >0: a profiler trace of this many steps into the workdir
+        profile_first_step=10,  # steps after the start (past compilation) the trace begins
     ))
 
 
@@ -217,6 +223,10 @@ def run_config(family: str, model: ml_collections.ConfigDict, arg: str) -> ml_co
             config.batch[stream].update({k: spec[k] for k in config.batch[stream] if k in spec})
         config.objectives.mim.num_masked = config.data.mim.num_masked
     if arg == 'runlocal':
+        # The synthetic captions name colours, sizes and every shape: keep the crops large and
+        # the colours intact so that the augmented image still matches its text.
+        config.data.crop_scale = (0.8, 1.0)
+        config.data.randaugment.num_ops = 0
         config.train.update(total_steps=300, log_every=25)
         config.checkpoint.every_steps = 100
     return config

@@ -31,13 +31,6 @@ from xfm_jax import evaluators
 from xfm_jax.evaluators import batching
 from xfm_jax.models.model import abstract_variables, build_model
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Run config (configs/*.py[:preset]).',
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Metrics go here; without --checkpoint the '
-                               'newest checkpoint of WORKDIR/checkpoints is evaluated.')
-_CHECKPOINT = flags.DEFINE_string('checkpoint', None, 'An Orbax step directory of a training '
-                                  'run, or a converted checkpoint directory.')
-
 CONVERTED_CONFIG = 'model_config.json'  # xfm_jax.convert's output: DIR/params + this file
 
 
@@ -174,9 +167,16 @@ def evaluate(config, workdir: str, checkpoint: str | None = None,
 
 def main(argv):
     del argv
-    evaluate(_CONFIG.value, _WORKDIR.value, _CHECKPOINT.value)
+    evaluate(flags.FLAGS.config, flags.FLAGS.workdir, flags.FLAGS.checkpoint)
 
 
 if __name__ == '__main__':
+    # Flags live here, not at import time: xfm_jax.train imports this module for its final eval.
+    config_flags.DEFINE_config_file('config', None, 'Run config (configs/*.py[:preset]).',
+                                    lock_config=True)
+    flags.DEFINE_string('workdir', None, 'Metrics go here; without --checkpoint the newest '
+                        'checkpoint of WORKDIR/checkpoints is evaluated.')
+    flags.DEFINE_string('checkpoint', None, 'An Orbax step directory of a training run, or a '
+                        'converted checkpoint directory.')
     flags.mark_flags_as_required(['config', 'workdir'])
     app.run(main)

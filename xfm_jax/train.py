@@ -1,16 +1,20 @@
-r"""Pre-training program: mesh -> input -> model/optimizer -> sharding -> step -> checkpoints -> loop.
+r"""Pre-training program: mesh -> model/optimizer -> sharded state -> input -> step -> metrics ->
+loop (with checkpoints). Usage, config overrides, resuming and metrics: docs/training.md.
 
     python -m xfm_jax.train --config=configs/xfm_base.py:tiny --workdir=runs/tiny \
         [--config.train.total_steps=200 ...]
 
 Resumes from the newest checkpoint in ``--workdir/checkpoints`` when there is one: parameters,
 optimizer state and step (the data position and the step's randomness follow from the step).
-Saves on SIGTERM / preemption notices and at the end.
+A fresh run may take parameters from another checkpoint (``config.train.init_from``).
+Saves on SIGTERM / preemption notices (every host at the same step) and at the end.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import sys
 import time
 
 from absl import app, flags, logging
@@ -20,17 +24,20 @@ import numpy as np
 from ml_collections import config_flags
 
 from xfm_jax import checkpoint as checkpoint_lib
-from xfm_jax import distributed, partitioning, streams, train_step as ts
+from xfm_jax import distributed, flops, partitioning, streams, train_step as ts
 from xfm_jax.models.model import build_model
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Run config (configs/*.py[:preset]).',
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Checkpoints and logs go here.')
+METRICS_FILE = 'metrics.json'  # the last step's metrics, written by process 0 at the end
 
 
 def synthetic_batches(config, start_step: int):
     """Random batches satisfying the stream contract: a smoke-test source needing no data.
-    Deterministic per step, so a resumed run sees the same batches."""
+
+    Deterministic per step, so a resumed run sees the same batches. Every process draws the
+    global batch and keeps its own block of rows, so a run gets the same batches whatever its
+    number of processes (``make_array_from_process_local_data`` puts process p's block on its
+    devices, which hold rows p*B/P.. of the batch axis in a mesh made by ``make_mesh``).
+    """
     vision, text = config.model.vision, config.model.text
     step = start_step
     while True:
@@ -38,14 +45,27 @@ def synthetic_batches(config, start_step: int):
         batch = {}
         for stream in config.streams:
             spec = config.batch[stream]
-            batch[stream] = streams.synthetic_batch(
+            local = spec.batch_size // jax.process_count()
+            rows = slice(jax.process_index() * local, (jax.process_index() + 1) * local)
+            batch[stream] = {k: v[rows] for k, v in streams.synthetic_batch(
                 stream, rng, vocab_size=text.vocab_size, pad_id=text.pad_id,
                 mask_id=text.mask_id, num_masked_patches=config.objectives.mim.num_masked,
-                batch=spec.batch_size // jax.process_count(), text_len=spec.get('text_len', 1),
+                batch=spec.batch_size, text_len=spec.get('text_len', 1),
                 image_size=vision.image_size, patch_size=vision.patch_size,
-                region_texts=spec.get('region_texts', 1), frames=spec.get('frames', 1))
+                region_texts=spec.get('region_texts', 1), frames=spec.get('frames', 1)).items()}
         yield batch
         step += 1
+
+
+_finite_leaves = jax.jit(lambda tree: jax.tree.map(lambda x: jnp.isfinite(x).all(), tree))
+
+
+def non_finite(metrics: dict, params) -> list[str]:
+    """Names of the non-finite metrics and parameters (a parameter is checked as a whole)."""
+    finite = jax.device_get(_finite_leaves(params))
+    bad = [k for k, v in metrics.items() if not np.isfinite(v)]
+    return bad + [f'param {jax.tree_util.keystr(path)}'
+                  for path, ok in jax.tree_util.tree_leaves_with_path(finite) if not ok]
 
 
 def train(config, workdir: str) -> dict:
@@ -66,6 +86,10 @@ def train(config, workdir: str) -> dict:
         init_fn = ts.unboxed_state_init(model, tx)
         state = jax.jit(init_fn, out_shardings=state_sh)(jax.random.key(config.train.seed))
         data_state = None
+        if config.train.init_from:  # a resume ignores it: the run's own checkpoint has it all
+            params, _, _ = checkpoint_lib.load_matching_params(
+                config.train.init_from, state.params, config.train.init_exclude)
+            state = state.replace(params=params)
     else:
         state, data_state = restored
     start_step = int(state.step)
@@ -89,48 +113,95 @@ def train(config, workdir: str) -> dict:
     rng = jax.random.key(config.train.seed + 1)
 
     # ---- metrics -----------------------------------------------------------------------------
-    from clu import metric_writers
+    from clu import metric_writers, periodic_actions
+    is_chief = jax.process_index() == 0  # only process 0 writes files
     writer = metric_writers.create_default_writer(
-        os.path.join(workdir, 'tensorboard'), just_logging=jax.process_index() > 0)
+        os.path.join(workdir, 'tensorboard'), just_logging=not is_chief)
     writer.write_hparams({k: v for k, v in config.train.items()})
+    hooks = [periodic_actions.ReportProgress(  # steps/s and ETA, logged and written
+        num_train_steps=config.train.total_steps, writer=writer, every_steps=config.train.log_every,
+        every_secs=None)]
+    if config.train.profile_steps and is_chief:
+        hooks.append(periodic_actions.Profile(
+            logdir=workdir, num_profile_steps=config.train.profile_steps,
+            first_profile=start_step + config.train.profile_first_step, every_secs=None))
+    batch_sizes = {s: config.batch[s].batch_size for s in config.streams}
+    step_flops = flops.train_step_flops(config, {
+        s: dict(batch=config.batch[s].batch_size, text_len=config.batch[s].get('text_len', 1),
+                region_texts=config.batch[s].get('region_texts', 1),
+                frames=config.batch[s].get('frames', 1)) for s in config.streams})['total']
+    peak = flops.peak_flops_for(jax.devices()[0].device_kind)  # None on CPU: no MFU
+    logging.info('%.3g model FLOPs per step; device peak %s FLOP/s', step_flops, peak)
 
     # ---- loop --------------------------------------------------------------------------------
     metrics = {}
     with partitioning.sharding_context(mesh, rules):
         for step in range(start_step, config.train.total_steps):
             state, metrics = step_fn(state, next(batches), rng)
-            if step == start_step:  # rates and ETA exclude the compilation
+            done = step + 1
+            for hook in hooks:
+                hook(done)
+            if step == start_step:  # rates exclude the compilation
                 jax.block_until_ready(metrics)
-                start, timed_from = time.perf_counter(), step + 1
-            if (step + 1) % config.train.log_every == 0 or step + 1 == config.train.total_steps:
+                window_start, window_step = time.perf_counter(), done
+            preempted = checkpoints.preempted(done)
+            saving = preempted or checkpoints.due(done)
+            logging_step = done % config.train.log_every == 0 or done == config.train.total_steps
+            if saving or logging_step:  # a checkpoint must hold finite parameters
                 metrics = jax.device_get(metrics)
-                bad = [k for k, v in metrics.items() if not np.isfinite(v)]
-                if bad:
-                    raise FloatingPointError(f'Non-finite {bad} at step {step + 1}; the last '
-                                             f'good checkpoint is kept in {checkpoints.directory}.')
-                rate = (step + 1 - timed_from) / max(time.perf_counter() - start, 1e-9)
-                eta = (config.train.total_steps - step - 1) / rate
-                scalars = {**metrics, 'steps_per_second': rate}
+                if bad := non_finite(metrics, state.params):
+                    raise FloatingPointError(f'Non-finite {bad} at step {done}; the last good '
+                                             f'checkpoint is kept in {checkpoints.directory}.')
+            if logging_step and done > window_step:
+                now = time.perf_counter()
+                steps_per_second = (done - window_step) / (now - window_start)
+                window_start, window_step = now, done
+                scalars = dict(metrics)
+                scalars.update({f'examples_per_second/{s}': n * steps_per_second
+                                for s, n in batch_sizes.items()})
+                scalars['model_flops_per_second_per_device'] = (
+                    step_flops * steps_per_second / jax.device_count())
+                if peak:
+                    scalars['mfu'] = scalars['model_flops_per_second_per_device'] / peak
                 if 'data' in config:
                     scalars.update({f'bad_data/{s}': sum(c.values())
                                     for s, c in batches.bad_counts().items()})
-                writer.write_scalars(step + 1, scalars)
-                logging.info('step %d: loss %.4f (%.2f steps/s, ETA %.0f s)', step + 1,
-                             metrics['loss'], rate, eta)
-            if checkpoints.maybe_save(step + 1, state, data_position()):
-                logging.warning('preempted: saved step %d, exiting', step + 1)
+                writer.write_scalars(done, scalars)
+            if logging_step:
+                logging.info('step %d: loss %.4f', done, metrics['loss'])
+            if saving:
+                checkpoints.save(done, state, data_position(), force=preempted)
+            if preempted:
+                logging.warning('preempted: saved step %d, exiting', done)
                 break
         checkpoints.save(int(state.step), state, data_position(), force=True)
     checkpoints.wait()
+    metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
     if 'data' in config:  # held-out evaluation of the final parameters (TF-based readers)
         from xfm_jax import evaluate
         results = evaluate.run_evaluators(config, state.params, mesh, rules, workdir=workdir,
                                           step=int(state.step))
         writer.write_scalars(int(state.step), {f'eval/{k}': v for k, v in results.items()})
     writer.flush()
+    if is_chief:
+        with open(os.path.join(workdir, METRICS_FILE), 'w') as f:
+            json.dump({'step': int(state.step), 'metrics': metrics}, f, indent=2, sort_keys=True)
     print(f'Checkpoints: {checkpoints.directory}\nTensorBoard: tensorboard --logdir '
           f'{os.path.join(workdir, "tensorboard")}')
-    return {k: float(v) for k, v in jax.device_get(metrics).items()}
+    return metrics
+
+
+def parse_flags(argv):
+    """absl's parser, with an unknown ``--config.*`` key reported by its override (config_flags
+    raises a bare AttributeError naming only the last component)."""
+    try:
+        return flags.FLAGS(argv)
+    except AttributeError as e:
+        key = str(e).strip('"\'')
+        overrides = [a for a in argv if a.startswith('--config.')
+                     and key in a.split('=')[0].split('.')]
+        sys.exit(f'FATAL Flags parsing error: unknown config key {key!r} in '
+                 f'{" ".join(overrides) or "the --config.* overrides"}.')
 
 
 def main(argv):
@@ -138,9 +209,14 @@ def main(argv):
     distributed.initialize()  # before any other jax call: joins the hosts of a pod / SLURM job
     jnp.zeros(())  # initialise the backend before logging device facts
     logging.info('%d devices: %s', jax.device_count(), jax.devices()[0].device_kind)
-    train(_CONFIG.value, _WORKDIR.value)
+    train(flags.FLAGS.config, flags.FLAGS.workdir)
 
 
 if __name__ == '__main__':
+    # Defined here rather than at import, so that a config file or a test may import this
+    # module (for train()) while it runs as the program without defining the flags twice.
+    config_flags.DEFINE_config_file('config', None, 'Run config (configs/*.py[:preset]).',
+                                    lock_config=True)
+    flags.DEFINE_string('workdir', None, 'Checkpoints and logs go here.')
     flags.mark_flags_as_required(['config', 'workdir'])
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)
