@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# The main job on one machine: sets up .venv, then pre-trains (tiny X-FM on CPU by default).
+# The main job on one machine: sets up .venv, then pre-trains (tiny X-FM on the synthetic data, then held-out evaluation).
 # Extra arguments are passed to xfm_jax.train, e.g. --config=configs/x2vlm_base.py:tiny
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source launch/setup_env.sh requirements.txt
 workdir="${WORKDIR:-runs/quickstart}"
 echo "local.sh: training; checkpoints and logs in ${workdir}"
-exec python -m xfm_jax.train --config=configs/xfm_base.py:tiny --workdir="${workdir}" "$@"
+exec python -m xfm_jax.train --config=configs/xfm_base.py:runlocal --workdir="${workdir}" "$@"

@@ -181,7 +181,10 @@ def train(config, workdir: str) -> dict:
         from xfm_jax import evaluate
         results = evaluate.run_evaluators(config, state.params, mesh, rules, workdir=workdir,
                                           step=int(state.step))
-        writer.write_scalars(int(state.step), {f'eval/{k}': v for k, v in results.items()})
+        path = evaluate.write_results(workdir, int(state.step), checkpoints.directory, results)
+        if is_chief:
+            print(f'Held-out evaluation at step {int(state.step)} (chance/ rows: chance level):\n'
+                  f'{evaluate.format_table(results)}\nMetrics: {path}')
     writer.flush()
     if is_chief:
         with open(os.path.join(workdir, METRICS_FILE), 'w') as f:
