@@ -38,6 +38,9 @@ CONVERTED_CONFIG = 'model_config.json'  # xfm_jax.convert's output: DIR/params +
 
 def locate(workdir: str | None, checkpoint: str | None) -> tuple[str, int, dict | None]:
     """(directory of the Orbax tree holding 'params', step, converted model config or None)."""
+    # Orbax (tensorstore) reads absolute paths only.
+    workdir = os.path.abspath(workdir) if workdir else workdir
+    checkpoint = os.path.abspath(checkpoint) if checkpoint else checkpoint
     if checkpoint is None:
         if workdir is None:
             raise ValueError('Pass --checkpoint, or --workdir holding checkpoints/.')

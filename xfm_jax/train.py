@@ -70,6 +70,7 @@ def non_finite(metrics: dict, params) -> list[str]:
 
 def train(config, workdir: str) -> dict:
     """Runs (or resumes) training; returns the last step's metrics as floats."""
+    workdir = os.path.abspath(workdir)  # Orbax (tensorstore) needs absolute paths
     # ---- mesh --------------------------------------------------------------------------------
     mesh = partitioning.make_mesh(config.partitioning.mesh)
     rules = partitioning.get_rules(config.partitioning.rules)
