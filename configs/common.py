@@ -239,12 +239,14 @@ def run_config(family: str, model: ml_collections.ConfigDict, arg: str) -> ml_co
 def objectives_config() -> ml_collections.ConfigDict:
     """Settings per objective (xfm_jax.objectives), read by the objective of the same name."""
     return ml_collections.ConfigDict(dict(
-        mlm={},
+        # The MLM heads run on at most this many positions per text (>= the data's max masks:
+        # 20 for text, 15 / 12 for IMLM); 0: every position.
+        mlm=dict(max_predictions=20),
         itc=dict(soft_targets=False),  # fine-tuning: image ids as soft multi-positive targets
         # Hard negatives are mined within each of these contiguous batch groups; 0: one per
         # batch shard (the reference mines in each device's local batch).
         itm=dict(negative_groups=0),
-        imlm={},
+        imlm=dict(max_predictions=15),
         box={},
         mim=dict(num_masked=75),
     ))

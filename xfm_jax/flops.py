@@ -4,7 +4,7 @@ FLOPs count matrix multiplies only (2 * m * n * k), over the static (padded) sha
 computes. Training = 3 x forward (backward = 2 x forward); rematerialised recomputation is NOT
 counted (MFU, not hardware utilisation). Per stream, the forward passes follow SPEC §6:
 
-* text:        language encoder on the masked text + its MLM head (mlm).
+* text:        language encoder on the masked text + its MLM head on the masked positions (mlm).
 * image:       vision encoder twice: unmasked target + masked pass (mim).
 * image_text:  vision (+1 masked pass if mim); language encoder on the caption (itc) and on the
                masked caption (imlm); fusion on B positives + 2B negatives (itm) and B masked
@@ -122,11 +122,15 @@ def projection_forward(d: Dims) -> int:
 
 
 def stream_forward_flops(d: Dims, stream: str, objectives, *, batch: int, text_len: int,
-                         region_texts: int = 1, frames: int = 1) -> int:
-    """Forward FLOPs of one stream's objectives for a global batch."""
+                         region_texts: int = 1, frames: int = 1, mlm_predictions: int = 0,
+                         imlm_predictions: int = 0) -> int:
+    """Forward FLOPs of one stream's objectives for a global batch; ``*_predictions``: positions
+    the MLM heads run on (0: all ``text_len``)."""
     objectives = set(objectives)
+    predicted = lambda cap: min(cap, text_len) if cap else text_len  # noqa: E731
     if stream == 'text':
-        return batch * (text_forward(d, text_len) + mlm_head_forward(d, text_len))
+        return batch * (text_forward(d, text_len)
+                        + mlm_head_forward(d, predicted(mlm_predictions)))
     if stream == 'image':
         return batch * vision_forward(d) * (2 if 'mim' in objectives else 1)
     num_images = batch * (frames if stream == 'video' else 1)
@@ -141,7 +145,8 @@ def stream_forward_flops(d: Dims, stream: str, objectives, *, batch: int, text_l
     if 'itm' in objectives:
         total += 3 * pairs * fusion
     if 'imlm' in objectives:
-        total += pairs * (text_forward(d, text_len) + fusion + mlm_head_forward(d, text_len))
+        total += pairs * (text_forward(d, text_len) + fusion
+                          + mlm_head_forward(d, predicted(imlm_predictions)))
     if 'box' in objectives:
         total += pairs * fusion
     return total
@@ -154,6 +159,9 @@ def train_step_flops(config, stream_sizes: dict) -> dict:
     out = {}
     for stream, sizes in stream_sizes.items():
         weights = {k for k, v in config.streams[stream].items() if float(v)}
-        out[stream] = 3 * stream_forward_flops(d, stream, weights, **sizes)
+        out[stream] = 3 * stream_forward_flops(
+            d, stream, weights, **sizes,
+            mlm_predictions=config.objectives.mlm.get('max_predictions', 0),
+            imlm_predictions=config.objectives.imlm.get('max_predictions', 0))
     out['total'] = int(np.sum(list(out.values())))
     return out

@@ -22,11 +22,28 @@ def masked_lm_loss(logits, targets, weights):
     return (ce * weights).sum() / count, (correct * weights).sum() / count
 
 
+def masked_positions(hidden, targets, weights, max_predictions: int):
+    """Keeps the masked positions only, so the vocabulary-wide head and softmax run on few rows.
+
+    hidden [B, L, D], targets / weights [B, L] -> [B, P, D], [B, P], [B, P] with
+    P = min(max_predictions, L); masked positions come first (in order), the rest is padding
+    with weight 0. ``max_predictions`` 0 keeps all L. It must be >= the data's max masks per
+    text (``data.streams.*.mlm.max_masks``): positions beyond it would be dropped.
+    """
+    length = weights.shape[1]
+    if not max_predictions or max_predictions >= length:
+        return hidden, targets, weights
+    index = jnp.argsort(-(weights > 0).astype(jnp.int32), axis=1, stable=True)[:, :max_predictions]
+    take = lambda x: jnp.take_along_axis(x, index.reshape(index.shape + (1,) * (x.ndim - 2)), 1)  # noqa: E731
+    return take(hidden), take(targets), take(weights)
+
+
 def mlm(model, enc: dict, batch: dict, rng, settings: ml_collections.ConfigDict):
     """Encodes ``masked_ids`` with the language encoder; CE against ``mlm_targets`` at
-    ``mlm_weights`` (all [B, L] in ``enc``)."""
-    del batch, rng, settings  # reads the text fields of ``enc``; the masks come with the data
+    ``mlm_weights`` (all [B, L] in ``enc``), on at most ``settings.max_predictions`` positions."""
+    del batch, rng  # reads the text fields of ``enc``; the masks come with the data
     hidden = model.encode_text(enc['masked_ids'], enc['attention_mask'], train=enc['train'])
-    loss, accuracy = masked_lm_loss(model.text_mlm_logits(hidden), enc['mlm_targets'],
-                                    enc['mlm_weights'])
+    hidden, targets, weights = masked_positions(hidden, enc['mlm_targets'], enc['mlm_weights'],
+                                                settings.get('max_predictions', 0))
+    loss, accuracy = masked_lm_loss(model.text_mlm_logits(hidden), targets, weights)
     return loss, {'mlm_accuracy': accuracy}
