@@ -1,0 +1,239 @@
+r"""Fine-tuning program: pre-trained parameters -> task head -> AdamW -> evaluation.
+
+    python -m xfm_jax.finetune --config=configs/finetune/vqa.py:tiny --workdir=DIR \
+        [--init=CHECKPOINT] [--config.train.trainable=head ...]
+
+``--init`` is a pre-training workdir (its newest checkpoint), one Orbax step directory, or an
+output of ``python -m xfm_jax.convert`` (its ``model_config.json`` replaces ``config.model``,
+except ``stop_gradient_text``, which fine-tuning turns off). Only the parameters the task uses are
+read, onto this run's mesh. Without ``--init`` the backbone starts from random initialisation.
+
+Sections: mesh -> pre-trained location -> data -> task model / optimizer / sharded state ->
+restore -> update step -> loop with evaluations. Outputs in ``--workdir``: ``finetune.json``
+(config, init, train history, final metrics), TensorBoard scalars ``train/*`` and ``eval/*`` in
+``tensorboard/``, and a table with each metric's chance level on stdout.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Any
+
+from absl import app, flags, logging
+import flax.linen as nn
+import jax
+import ml_collections
+import numpy as np
+import optax
+from ml_collections import config_flags
+
+from xfm_jax import evaluate as evaluate_lib
+from xfm_jax import finetuning, optim, partitioning
+from xfm_jax.finetuning import common
+from xfm_jax.models.model import build_model
+from xfm_jax.train_step import TrainState, jit_train_step
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'configs/finetune/<task>.py[:tiny]',
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Metrics and TensorBoard go here.')
+_INIT = flags.DEFINE_string('init', None, 'Pre-trained parameters: a pre-training workdir, an '
+                            'Orbax step directory, or a converted checkpoint directory.')
+
+RESULTS = 'finetune.json'
+TRAINABLE = ('all', 'head')
+
+
+@dataclasses.dataclass
+class Run:
+    """What a task's ``evaluate`` needs: the task model, its sharded params, the mesh."""
+    config: ml_collections.ConfigDict
+    task_model: nn.Module
+    params: Any
+    mesh: jax.sharding.Mesh
+    rules: Any
+    batch_size: int
+    workdir: str | None = None
+    step: int = 0
+
+    def predict(self, examples: common.Examples, name: str) -> np.ndarray:
+        return common.predict(self.task_model, self.params, examples,
+                              batch_size=self.batch_size, mesh=self.mesh, rules=self.rules,
+                              name=name)
+
+
+def locate_init(init: str) -> tuple[str, int, dict | None]:
+    """(Orbax tree holding 'params', step, converted model config or None) of ``--init``."""
+    if os.path.isdir(os.path.join(init, 'checkpoints')):
+        return evaluate_lib.locate(init, None)
+    return evaluate_lib.locate(None, init)
+
+
+def trainable(params, mode: str):
+    """The params the optimizer updates: all, or with ``mode='head'`` all but the backbone
+    (``params['model']``), which then gets no gradient computed at all."""
+    if mode not in TRAINABLE:
+        raise ValueError(f'train.trainable must be one of {TRAINABLE}, got {mode!r}.')
+    return params if mode == 'all' else {k: v for k, v in params.items() if k != 'model'}
+
+
+def make_train_step(task_model, tx, schedule, mode: str, temp_range):
+    """``step(state, batch, rng) -> (state, metrics)``: one AdamW update of the task loss;
+    ``state.opt_state`` covers ``trainable(params, mode)``."""
+    def train_step(state: TrainState, batch, rng):
+        dropout_rng, sample_rng = jax.random.split(jax.random.fold_in(rng, state.step))
+        params = state.params
+        if 'temp' in params['model']:  # the ITC temperature is clamped before every step
+            params = {**params, 'model': optim.clamp_temperature(params['model'], *temp_range)}
+
+        def loss_fn(trained):
+            return task_model.apply({'params': {**params, **trained}}, batch, train=True,
+                                    method='loss',
+                                    rngs={'dropout': dropout_rng, 'sample': sample_rng})
+
+        trained = trainable(params, mode)
+        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(trained)
+        updates, opt_state = tx.update(grads, state.opt_state, trained)
+        metrics = {**metrics, 'loss': loss, 'grad_norm': optax.global_norm(grads),
+                   'learning_rate': schedule(state.step)}
+        params = {**params, **optax.apply_updates(trained, updates)}
+        return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+    return train_step
+
+
+def format_table(results: dict[str, float]) -> str:
+    """One line per metric with its chance level beside it: 'chance/<metric>', or for
+    'group/<metric>' (retrieval's itc/, itm/) 'chance/<metric>'."""
+    names = sorted(k for k in results if not k.startswith('chance/'))
+    width = max(map(len, names), default=6)
+    lines = [f'{"metric":<{width}}  {"value":>10}  {"chance":>10}']
+    for name in names:
+        chance = results.get(f'chance/{name}',
+                             results.get(f'chance/{name.split("/", 1)[-1]}'))
+        lines.append(f'{name:<{width}}  {results[name]:10.3f}  '
+                     + (f'{chance:10.3f}' if chance is not None else f'{"":>10}'))
+    return '\n'.join(lines)
+
+
+def finetune(config, workdir: str, init: str | None = None,
+             devices: list[jax.Device] | None = None) -> dict[str, Any]:
+    """Fine-tunes and evaluates. Returns what ``finetune.json`` holds (``eval``: final metrics,
+    ``train``: the logged train metrics, ...) plus ``params``: the fine-tuned parameters."""
+    config = ml_collections.ConfigDict(config.to_dict())  # unlocked copy
+    # ---- mesh --------------------------------------------------------------------------------
+    mesh = partitioning.make_mesh(config.partitioning.mesh, devices)
+    rules = partitioning.get_rules(config.partitioning.rules)
+    batch_shards = partitioning.num_batch_shards(mesh)
+
+    # ---- pre-trained parameters: where, and which model -------------------------------------
+    directory, init_step, converted = locate_init(init) if init else (None, 0, None)
+    if converted is not None:
+        stop_gradient_text = config.model.stop_gradient_text
+        config.model = ml_collections.ConfigDict(converted)
+        config.model.stop_gradient_text = stop_gradient_text
+
+    # ---- data --------------------------------------------------------------------------------
+    task = finetuning.get(config.task.name)
+    settings = config.task
+    train_set = task.read(config, settings.train_split, settings.max_train)
+    eval_set = task.read(config, settings.eval_split, settings.max_eval)
+    logging.info('%s: %d training and %d evaluation examples', settings.name, len(train_set),
+                 len(eval_set))
+
+    # ---- task model, optimizer, sharded state -------------------------------------------------
+    task_model = task.build(config, build_model(config.model), train_set,
+                            batch_shards=batch_shards)
+    sample = train_set.take(np.arange(1))
+    mode = config.train.trainable
+    tx, schedule = optim.make_optimizer(config.optimizer, config.train.total_steps)
+
+    def init_state(rng):  # boxed params (logical axes) -> shardings, as xfm_jax.train
+        params_rng, dropout_rng, sample_rng = jax.random.split(rng, 3)
+        params = task_model.init({'params': params_rng, 'dropout': dropout_rng,
+                                  'sample': sample_rng}, sample)['params']
+        return TrainState(step=np.zeros((), np.int32), params=params,
+                          opt_state=tx.init(trainable(params, mode)))
+
+    key = jax.random.key(config.train.seed)
+    abstract = jax.eval_shape(init_state, key)
+    if mode == 'head' and set(abstract.params) == {'model'}:
+        raise ValueError(f"Task {settings.name!r} has no head of its own; train.trainable='head' "
+                         "would train nothing.")
+    shardings = partitioning.state_shardings(abstract, mesh, rules)
+    state = jax.jit(lambda r: nn.unbox(init_state(r)), out_shardings=shardings)(key)
+
+    # ---- restore the backbone ------------------------------------------------------------------
+    if directory is None:
+        logging.warning('No --init: the backbone starts from random initialisation.')
+    else:
+        backbone = evaluate_lib.restore_params(directory, abstract.params['model'],
+                                               shardings.params['model'])
+        state = state.replace(params={**state.params, 'model': backbone})
+        logging.info('backbone from %s (step %d) onto mesh %s', directory, init_step,
+                     dict(mesh.shape))
+
+    # ---- update step ---------------------------------------------------------------------------
+    step_fn = jit_train_step(
+        make_train_step(task_model, tx, schedule, mode, tuple(config.model.temp_range)),
+        shardings,
+        partitioning.batch_sharding(mesh))
+    rng = jax.random.key(config.train.seed + 1)
+    batches = common.training_batches(train_set, config.train.batch_size, mesh,
+                                      config.train.seed)
+
+    from clu import metric_writers
+    writer = metric_writers.create_default_writer(
+        os.path.join(workdir, 'tensorboard'), just_logging=jax.process_index() > 0)
+
+    def run_evaluation(step: int) -> dict[str, float]:
+        run = Run(config, task_model, state.params, mesh, rules, config.train.eval_batch_size,
+                  workdir, step)
+        results = {k: float(v) for k, v in task.evaluate(run, eval_set, train_set).items()}
+        writer.write_scalars(step, {f'eval/{k}': v for k, v in results.items()})
+        logging.info('step %d evaluation: %s', step, results)
+        return results
+
+    # ---- loop ----------------------------------------------------------------------------------
+    total, history, results = config.train.total_steps, [], {}
+    with partitioning.sharding_context(mesh, rules):
+        start = time.perf_counter()
+        for step in range(total):
+            state, metrics = step_fn(state, next(batches), rng)
+            last = step + 1 == total
+            if (step + 1) % config.train.log_every == 0 or last:
+                metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                bad = sorted(k for k, v in metrics.items() if not np.isfinite(v))
+                if bad:
+                    raise FloatingPointError(f'Non-finite {bad} at fine-tuning step {step + 1}.')
+                writer.write_scalars(step + 1, {f'train/{k}': v for k, v in metrics.items()})
+                history.append({'step': step + 1, **metrics})
+                logging.info('step %d: loss %.4f (%.1f s)', step + 1, metrics['loss'],
+                             time.perf_counter() - start)
+            if last or (config.train.eval_every and (step + 1) % config.train.eval_every == 0):
+                results = run_evaluation(step + 1)
+    writer.flush()
+
+    out = {'task': settings.name, 'init': directory, 'init_step': init_step, 'steps': total,
+           'trainable': config.train.trainable, 'train': history, 'eval': results,
+           'config': json.loads(config.to_json_best_effort())}
+    path = os.path.join(workdir, RESULTS)
+    if jax.process_index() == 0:
+        os.makedirs(workdir, exist_ok=True)
+        with open(path, 'w') as f:
+            json.dump(out, f, indent=2, sort_keys=True)
+    origin = f'{directory} (step {init_step})' if directory else 'random initialisation'
+    print(f'Fine-tuned {settings.name} for {total} steps from {origin} '
+          f'({config.train.trainable} trained):\n{format_table(results)}\nResults: {path}')
+    return {**out, 'params': state.params}
+
+
+def main(argv):
+    del argv
+    finetune(_CONFIG.value, _WORKDIR.value, _INIT.value)
+
+
+if __name__ == '__main__':
+    flags.mark_flags_as_required(['config', 'workdir'])
+    app.run(main)
