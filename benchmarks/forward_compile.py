@@ -18,16 +18,14 @@ from ml_collections import config_flags  # noqa: E402
 
 from xfm_jax.models.model import abstract_variables, build_model, dummy_inputs  # noqa: E402
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Run config.', lock_config=True)
-_BATCH = flags.DEFINE_integer('batch', 2, 'Examples in the forward pass.')
 
 
 def main(argv):
     del argv
-    config = _CONFIG.value
+    config = flags.FLAGS.config
     model = build_model(config.model)
     variables = nn.unbox(abstract_variables(model))
-    inputs = dummy_inputs(model, _BATCH.value, text_len=config.batch.image_text.text_len)
+    inputs = dummy_inputs(model, flags.FLAGS.batch, text_len=config.batch.image_text.text_len)
     forward = jax.jit(lambda v, *x: model.apply(v, *x))
     start = time.perf_counter()
     lowered = forward.lower(variables, *inputs)
@@ -39,5 +37,7 @@ def main(argv):
 
 
 if __name__ == '__main__':
+    config_flags.DEFINE_config_file('config', None, 'Run config.', lock_config=True)
+    flags.DEFINE_integer('batch', 2, 'Examples in the forward pass.')
     flags.mark_flag_as_required('config')
     app.run(main)

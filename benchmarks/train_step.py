@@ -27,11 +27,6 @@ from xfm_jax import flops as flops_lib  # noqa: E402
 from xfm_jax import partitioning, streams, train_step as ts  # noqa: E402
 from xfm_jax.models.model import build_model  # noqa: E402
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Run config.', lock_config=True)
-_STEPS = flags.DEFINE_integer('steps', 5, 'Timed steps (after one warm-up step).')
-_BATCH_SCALE = flags.DEFINE_float('batch_scale', 1.0,
-                                  'Multiplies every stream batch size of config.batch.')
-_STREAMS = flags.DEFINE_list('streams', None, 'Subset of streams (default: config.streams).')
 
 
 def synthetic_streams(config, scale: float, names, seed: int = 0):
@@ -53,8 +48,8 @@ def synthetic_streams(config, scale: float, names, seed: int = 0):
 
 def main(argv):
     del argv
-    config = _CONFIG.value
-    names = _STREAMS.value or [s for s in ts.STREAM_ORDER if s in config.streams]
+    config = flags.FLAGS.config
+    names = flags.FLAGS.streams or [s for s in ts.STREAM_ORDER if s in config.streams]
     mesh = partitioning.make_mesh(config.partitioning.mesh)
     rules = partitioning.get_rules(config.partitioning.rules)
     model = build_model(config.model)
@@ -62,7 +57,7 @@ def main(argv):
     init_fn = ts.unboxed_state_init(model, tx)
     abstract = jax.eval_shape(lambda r: ts.create_train_state(model, tx, r), jax.random.key(0))
     state_sh = partitioning.state_shardings(abstract, mesh, rules)
-    batches, sizes = synthetic_streams(config, _BATCH_SCALE.value, names)
+    batches, sizes = synthetic_streams(config, flags.FLAGS.batch_scale, names)
     device = jax.devices()[0]
     print(f'devices: {jax.device_count()} x {device.device_kind}; mesh {dict(mesh.shape)}; '
           f'rules {config.partitioning.rules}; dtype {config.model.dtype}')
@@ -82,7 +77,7 @@ def main(argv):
         state, metrics = compiled(state, batch, rng)
         jax.block_until_ready(metrics)
         times = []
-        for _ in range(_STEPS.value):
+        for _ in range(flags.FLAGS.steps):
             start = time.perf_counter()
             state, metrics = compiled(state, batch, rng)
             jax.block_until_ready(metrics)
@@ -110,5 +105,10 @@ def main(argv):
 
 
 if __name__ == '__main__':
+    # Flags are defined only when run as a script: tests import synthetic_streams from here.
+    config_flags.DEFINE_config_file('config', None, 'Run config.', lock_config=True)
+    flags.DEFINE_integer('steps', 5, 'Timed steps (after one warm-up step).')
+    flags.DEFINE_float('batch_scale', 1.0, 'Multiplies every stream batch size of config.batch.')
+    flags.DEFINE_list('streams', None, 'Subset of streams (default: config.streams).')
     flags.mark_flag_as_required('config')
     app.run(main)

@@ -35,11 +35,6 @@ GIB = 2 ** 30
 HBM_GIB = {'v4': 32, 'v5e': 16, 'v5p': 95, 'v6e': 32}
 _CHIP_CONFIG = {'v4': 'megacore', 'v5p': 'megacore', 'v5e': 'default', 'v6e': 'default'}
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Run config (configs/*.py[:preset]).',
-                                          lock_config=True)
-_TOPOLOGY = flags.DEFINE_string('topology', None,
-                                'TPU generation and chip grid, e.g. v5p:2x2x2, v4:2x2x4, v5e:4x4.')
-
 
 @dataclasses.dataclass(frozen=True)
 class Report:
@@ -171,9 +166,14 @@ def check(config: ml_collections.ConfigDict, topology: str) -> int:
 
 def main(argv):
     del argv
-    sys.exit(check(_CONFIG.value, _TOPOLOGY.value))
+    sys.exit(check(flags.FLAGS.config, flags.FLAGS.topology))
 
 
 if __name__ == '__main__':
+    # Flags are defined only when run as the program, so modules can import each other.
+    config_flags.DEFINE_config_file('config', None, 'Run config (configs/*.py[:preset]).',
+                                    lock_config=True)
+    flags.DEFINE_string('topology', None,
+                        'TPU generation and chip grid, e.g. v5p:2x2x2, v4:2x2x4, v5e:4x4.')
     flags.mark_flags_as_required(['config', 'topology'])
     app.run(main)

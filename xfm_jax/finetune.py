@@ -36,12 +36,6 @@ from xfm_jax.finetuning import common
 from xfm_jax.models.model import build_model
 from xfm_jax.train_step import TrainState, jit_train_step
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'configs/finetune/<task>.py[:tiny]',
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Metrics and TensorBoard go here.')
-_INIT = flags.DEFINE_string('init', None, 'Pre-trained parameters: a pre-training workdir, an '
-                            'Orbax step directory, or a converted checkpoint directory.')
-
 RESULTS = 'finetune.json'
 TRAINABLE = ('all', 'head')
 
@@ -231,9 +225,15 @@ def finetune(config, workdir: str, init: str | None = None,
 
 def main(argv):
     del argv
-    finetune(_CONFIG.value, _WORKDIR.value, _INIT.value)
+    finetune(flags.FLAGS.config, flags.FLAGS.workdir, flags.FLAGS.init)
 
 
 if __name__ == '__main__':
+    # Flags are defined only when run as the program, so modules can import each other.
+    config_flags.DEFINE_config_file('config', None, 'configs/finetune/<task>.py[:tiny]',
+                                    lock_config=True)
+    flags.DEFINE_string('workdir', None, 'Metrics and TensorBoard go here.')
+    flags.DEFINE_string('init', None, 'Pre-trained parameters: a pre-training workdir, an Orbax '
+                        'step directory, or a converted checkpoint directory.')
     flags.mark_flags_as_required(['config', 'workdir'])
     app.run(main)
