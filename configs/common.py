@@ -192,6 +192,8 @@ def run_config(family: str, model: ml_collections.ConfigDict, arg: str) -> ml_co
     'tiny'      test-sized model; random batches that satisfy the stream contract (no TF needed).
     'runlocal'  test-sized model on the synthetic TFDS data (``configs/data.py:synthetic_tiny``):
                 the README's main job, minutes on a CPU.
+    'runlocal_real'  the same mixed with the installed offline sets (``real_tiny``: easy-VQA,
+                Fashion-MNIST, movie reviews, WordNet glosses, fortunes; docs/data.md).
     """
     from configs import data as data_configs
     from xfm_jax import evaluators
@@ -205,7 +207,7 @@ def run_config(family: str, model: ml_collections.ConfigDict, arg: str) -> ml_co
     config.train = train_config(family)
     config.checkpoint = checkpoint_config()
     config.evaluate = evaluators.evaluate_config(arg)
-    if arg in ('tiny', 'runlocal'):
+    if arg in ('tiny', 'runlocal', 'runlocal_real'):
         tiny_model(config.model)
         tiny_batches(config)
         config.objectives.mim.num_masked = 6  # of 16 patches on the tiny 4x4 grid
@@ -214,15 +216,17 @@ def run_config(family: str, model: ml_collections.ConfigDict, arg: str) -> ml_co
         config.train.log_every = 10
         config.checkpoint.every_steps = 50
     elif arg:
-        raise ValueError(f"Unknown config preset {arg!r}; expected '', 'tiny' or 'runlocal'.")
+        raise ValueError(f"Unknown config preset {arg!r}; expected '', 'tiny', 'runlocal' or "
+                         "'runlocal_real'.")
     if arg != 'tiny':
-        config.data = data_configs.data_config('synthetic_tiny' if arg else 'synthetic', model)
+        preset = {'': 'synthetic', 'runlocal': 'synthetic_tiny', 'runlocal_real': 'real_tiny'}[arg]
+        config.data = data_configs.data_config(preset, model)
         for stream, spec in config.data.streams.items():
             # Global batch sizes from config.batch; text and region shapes from the data.
             spec.batch_size = config.batch[stream].batch_size
             config.batch[stream].update({k: spec[k] for k in config.batch[stream] if k in spec})
         config.objectives.mim.num_masked = config.data.mim.num_masked
-    if arg == 'runlocal':
+    if arg in ('runlocal', 'runlocal_real'):
         # The synthetic captions name colours, sizes and every shape: keep the crops large and
         # the colours intact so that the augmented image still matches its text.
         config.data.crop_scale = (0.8, 1.0)

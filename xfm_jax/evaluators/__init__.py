@@ -33,7 +33,7 @@ def evaluate_config(arg: str = '') -> ml_collections.ConfigDict:
     the re-ranking depth. ``source: ''`` means the first source of the run's
     ``data.streams.image_text.mixture``; ``max_images: 0`` means the whole split.
     """
-    tiny = arg in ('tiny', 'runlocal')
+    tiny = arg in ('tiny', 'runlocal', 'runlocal_real')
     split = dict(source='', split='validation', max_images=0)
     return ml_collections.ConfigDict(dict(
         evaluators=','.join(NAMES),  # comma-separated: one command-line override
