@@ -54,6 +54,17 @@ class Tokenizer:
         return (ids != self.specials.pad).astype(np.int32)
 
 
+def ordered_split(builder, split: str, max_images: int, prepare):
+    """The first ``max_images`` records (0: all) of a TFDS split, in stored order, with the image
+    bytes left encoded for ``prepare`` to decode (parallel, deterministic)."""
+    import tensorflow_datasets as tfds
+    ds = builder.as_dataset(split=split, shuffle_files=False,
+                            decoders={'image': tfds.decode.SkipDecoding()})
+    if max_images:
+        ds = ds.take(max_images)
+    return ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
 def text_length(config) -> int:
     """Caption length of the run's image-text stream (the length the model was trained on)."""
     return int(config.data.streams.image_text.text_len)
@@ -127,12 +138,7 @@ def _load(data_json: str, source_name: str, split: str, max_images: int, image_s
             out['label'] = tf.cast(ex['label'], tf.int32)
         return out
 
-    import tensorflow_datasets as tfds
-    ds = builder.as_dataset(split=split, shuffle_files=False,
-                            decoders={'image': tfds.decode.SkipDecoding()})
-    if max_images:
-        ds = ds.take(max_images)
-    ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ordered_split(builder, split, max_images, prepare)
     images, caption_ids, caption_image, captions = [], [], [], []
     phrase_ids, phrase_image, boxes, labels = [], [], [], []
     for i, ex in enumerate(ds.as_numpy_iterator()):

@@ -63,9 +63,8 @@ def evaluate(run, eval_set: common.Examples, train_set: common.Examples) -> dict
 
 def read_questions(config, split: str, max_images: int):
     """(images float32 [M, S, S, 3], image index [Q], questions [Q], answers [Q]) of a split."""
-    import tensorflow as tf
-    import tensorflow_datasets as tfds
     from xfm_jax.data import image_ops, tasks
+    from xfm_jax.evaluators import data as eval_data
     source_name = config.task.source
     all_sources = tasks.sources(config.data)
     if source_name not in all_sources or not all_sources[source_name].qa:
@@ -82,11 +81,7 @@ def read_questions(config, split: str, max_images: int):
         image = image_ops.normalize(image_ops.resize(image_ops.decode_rgb(ex['image']), size))
         return {'image': image, 'question': ex['qa']['question'], 'answer': ex['qa']['answer']}
 
-    ds = builder.as_dataset(split=split, shuffle_files=False,
-                            decoders={'image': tfds.decode.SkipDecoding()})
-    if max_images:
-        ds = ds.take(max_images)
-    ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = eval_data.ordered_split(builder, split, max_images, prepare)
     images, image_index, questions, answers = [], [], [], []
     for i, ex in enumerate(ds.as_numpy_iterator()):
         images.append(ex['image'])
