@@ -206,7 +206,7 @@ def run_config(family: str, model: ml_collections.ConfigDict, arg: str) -> ml_co
     config.partitioning = partitioning_config()
     config.train = train_config(family)
     config.checkpoint = checkpoint_config()
-    config.evaluate = evaluators.evaluate_config(arg)
+    config.evaluate = evaluators.evaluate_config(arg, video=bool(model.video_frames))
     if arg in ('tiny', 'runlocal', 'runlocal_real'):
         tiny_model(config.model)
         tiny_batches(config)

@@ -108,7 +108,8 @@ def run_evaluators(config, params, mesh, rules, *, workdir: str | None = None,
                    step: int = 0) -> dict[str, float]:
     """Runs ``config.evaluate.evaluators`` on ``params`` (sharded on ``mesh``); returns
     ``{'<evaluator>/<metric>': value}``. Evaluators may write files (a gallery) to ``workdir``."""
-    settings = config.evaluate if 'evaluate' in config else evaluators.evaluate_config()
+    settings = config.evaluate if 'evaluate' in config else evaluators.evaluate_config(
+        video=bool(config.model.video_frames))
     names = [n.strip() for n in settings.evaluators.split(',') if n.strip()]
     ctx = batching.EvalContext(model=build_model(config.model), params=params, mesh=mesh,
                                rules=rules, config=config, batch_size=settings.batch_size,

@@ -4,7 +4,9 @@
     retrieval                 zero-shot image<->text retrieval, ITC then ITM re-ranking
     zero_shot_classification  images against one text prompt per class name (ITC)
     linear_probe              logistic regression on frozen image features
+    mlp_probe                 a one-hidden-layer MLP on frozen image features (X-FM's protocol)
     grounding                 box head over (image, phrase): accuracy at IoU >= threshold
+    video_retrieval           zero-shot video<->text retrieval (X²-VLM), ITC then ITM re-ranking
 
 This module imports only ml_collections: configs may call :func:`evaluate_config`.
 """
@@ -15,7 +17,9 @@ import importlib
 
 import ml_collections
 
-NAMES = ('retrieval', 'zero_shot_classification', 'linear_probe', 'grounding')
+NAMES = ('retrieval', 'zero_shot_classification', 'linear_probe', 'mlp_probe', 'grounding',
+         'video_retrieval')
+VIDEO = ('video_retrieval',)  # need a model with a video path (model.video_frames > 0)
 
 
 def get(name: str):
@@ -26,22 +30,30 @@ def get(name: str):
     return importlib.import_module(f'{__name__}.{name}').evaluate
 
 
-def evaluate_config(arg: str = '') -> ml_collections.ConfigDict:
+def evaluate_config(arg: str = '', video: bool = False) -> ml_collections.ConfigDict:
     """``config.evaluate``: which evaluators run and their settings.
 
     ``arg``: the run preset ('' | 'tiny' | 'runlocal'); the tiny presets shrink the sets and
-    the re-ranking depth. ``source: ''`` means the first source of the run's
-    ``data.streams.image_text.mixture``; ``max_images: 0`` means the whole split.
+    the re-ranking depth. ``video``: the model has a video path, so the video evaluators run by
+    default. ``source: ''`` means the first source of the run's
+    ``data.streams.image_text.mixture`` (video: ``data.streams.video.mixture``);
+    ``max_images: 0`` means the whole split.
     """
     tiny = arg in ('tiny', 'runlocal', 'runlocal_real')
     split = dict(source='', split='validation', max_images=0)
+    probe = dict(source='', train_split='train', test_split='validation',
+                 max_train_images=400 if tiny else 5000, max_test_images=0,
+                 steps=200 if tiny else 1000, learning_rate=0.1, weight_decay=1e-4)
     return ml_collections.ConfigDict(dict(
-        evaluators=','.join(NAMES),  # comma-separated: one command-line override
+        # comma-separated: one command-line override
+        evaluators=','.join(n for n in NAMES if video or n not in VIDEO),
         batch_size=16 if tiny else 256,  # global; rounded up to a multiple of the batch shards
         retrieval=dict(**split, k=4 if tiny else 16, gallery_queries=8),
         zero_shot_classification=dict(**split, prompt='a picture of a {}'),
-        linear_probe=dict(source='', train_split='train', test_split='validation',
-                          max_train_images=400 if tiny else 5000, max_test_images=0,
-                          steps=200 if tiny else 1000, learning_rate=0.1, weight_decay=1e-4),
-        grounding=dict(**split, iou_threshold=0.5),
+        linear_probe=probe,
+        mlp_probe=dict(probe, learning_rate=1e-3, hidden_dim=64 if tiny else 1024,
+                       val_fraction=0.1, eval_every=20 if tiny else 50),
+        grounding=dict(**split, iou_threshold=0.5, gallery_phrases=8),
+        video_retrieval=dict(source='', split='validation', max_videos=0,
+                             k=4 if tiny else 16),
     ))

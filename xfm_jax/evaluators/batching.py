@@ -93,6 +93,24 @@ def image_encoder(model) -> Callable:
 
 
 @functools.lru_cache(maxsize=None)
+def video_encoder(model) -> Callable:
+    """batch {'frames' [B, F, S, S, 3]} -> (ITC embedding [B, E], frame-pooled tokens
+    [B, 1+N, Dv]): ``encode_video`` (frame embedding, mean over frames) as in pre-training."""
+    def encode(module, frames):
+        tokens = module.encode_video(frames)
+        return module.image_embedding(tokens), tokens
+    return jax.jit(lambda params, b: model.apply({'params': params}, b['frames'], method=encode))
+
+
+@functools.lru_cache(maxsize=None)
+def image_features(model) -> Callable:
+    """batch {'image'} -> frozen image features [B, Dv]: vision token 0 (the mean of the normed
+    patch tokens), as the probes read them."""
+    return jax.jit(lambda params, b: model.apply(
+        {'params': params}, b['image'], method=lambda m, x: m.encode_image(x)[:, 0]))
+
+
+@functools.lru_cache(maxsize=None)
 def text_encoder(model) -> Callable:
     """batch {'ids', 'mask'} -> (ITC embedding [B, E], language hidden states [B, L, Dt])."""
     def encode(module, ids, mask):

@@ -3,7 +3,8 @@
 Images are resized whole (bicubic) to the model's resolution and CLIP-normalised, as the papers
 evaluate; texts are cleaned and tokenised exactly as in training (``xfm_jax.data.text_ops``).
 Any source of ``xfm_jax.data.tasks.sources`` with the image-text schema works (synthetic scenes,
-Fashion-MNIST, easy-VQA, the user's own sets).
+Fashion-MNIST, easy-VQA, the user's own sets); :func:`load_video` reads the video schema
+(synthetic clips, the user's frame folders).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ class EvalSet:
     caption_image: np.ndarray  # int32 [T]: index of the image each caption describes
     captions: tuple[str, ...]  # [T] cleaned caption strings
     phrase_ids: np.ndarray  # int32 [R, L]
+    phrases: tuple[str, ...]  # [R] cleaned phrase strings
     phrase_image: np.ndarray  # int32 [R]
     phrase_boxes: np.ndarray  # float32 [R, 4] normalised (cx, cy, w, h)
     labels: np.ndarray | None  # int32 [N], when the source has a ``label`` class feature
@@ -34,6 +36,19 @@ class EvalSet:
     @property
     def num_images(self) -> int:
         return len(self.images)
+
+
+@dataclasses.dataclass(frozen=True)
+class VideoSet:
+    """One split of a video source. N clips of F frames, T captions."""
+    frames: np.ndarray  # float32 [N, F, S, S, 3], CLIP-normalised
+    caption_ids: np.ndarray  # int32 [T, L]
+    caption_video: np.ndarray  # int32 [T]: index of the clip each caption describes
+    captions: tuple[str, ...]  # [T] cleaned caption strings
+
+    @property
+    def num_videos(self) -> int:
+        return len(self.frames)
 
 
 class Tokenizer:
@@ -54,49 +69,51 @@ class Tokenizer:
         return (ids != self.specials.pad).astype(np.int32)
 
 
-def ordered_split(builder, split: str, max_images: int, prepare):
-    """The first ``max_images`` records (0: all) of a TFDS split, in stored order, with the image
-    bytes left encoded for ``prepare`` to decode (parallel, deterministic)."""
+def ordered_split(builder, split: str, max_images: int, prepare, encoded: str = 'image'):
+    """The first ``max_images`` records (0: all) of a TFDS split, in stored order, with the bytes
+    of feature ``encoded`` ('image'; 'frames' for video) left encoded for ``prepare`` to decode
+    (parallel, deterministic)."""
     import tensorflow_datasets as tfds
     ds = builder.as_dataset(split=split, shuffle_files=False,
-                            decoders={'image': tfds.decode.SkipDecoding()})
+                            decoders={encoded: tfds.decode.SkipDecoding()})
     if max_images:
         ds = ds.take(max_images)
     return ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
-def text_length(config) -> int:
-    """Caption length of the run's image-text stream (the length the model was trained on)."""
-    return int(config.data.streams.image_text.text_len)
+def text_length(config, stream: str = 'image_text') -> int:
+    """Caption length of the run's ``stream`` (the length the model was trained on)."""
+    return int(config.data.streams[stream].text_len)
 
 
-def default_source(data_config) -> str:
-    """The source of the first task of ``data.streams.image_text.mixture``."""
-    task = data_config.streams.image_text.mixture[0][0]
+def default_source(data_config, stream: str = 'image_text') -> str:
+    """The source of the first task of ``data.streams.<stream>.mixture``."""
+    if stream not in data_config.streams:
+        raise ValueError(f'config.data.streams has no {stream!r} stream to take the evaluation '
+                         'source from; name config.evaluate.<evaluator>.source.')
+    task = data_config.streams[stream].mixture[0][0]
     for name in tasks.sources(data_config):
-        if task in (f'{name}_image_text', f'{name}_vqa_image_text'):
+        if task in (f'{name}_{stream}', f'{name}_vqa_{stream}'):
             return name
-    raise ValueError(f'data.streams.image_text.mixture starts with {task!r}, which is no '
-                     "source's image_text task; name config.evaluate.<evaluator>.source.")
+    raise ValueError(f'data.streams.{stream}.mixture starts with {task!r}, which is no '
+                     f"source's {stream} task; name config.evaluate.<evaluator>.source.")
 
 
-def load(config, source: str, split: str, max_images: int = 0) -> EvalSet:
-    """The first ``max_images`` (0: all) examples of ``split`` of ``source`` (a name in
-    ``xfm_jax.data.tasks.sources(config.data)``; '': :func:`default_source`), at
-    ``config.model.vision.image_size``."""
+def _check_data(config) -> None:
     if 'data' not in config:
         raise ValueError('Evaluation reads data through config.data (configs/data.py), which '
                          'this config lacks (the :tiny preset); use :runlocal or add a data '
                          'section.')
-    source = source or default_source(config.data)
-    # Cached on hashable settings: several evaluators read the same split once.
-    return _load(json.dumps(config.data.to_dict(), sort_keys=True, default=str), source, split,
-                 int(max_images), int(config.model.vision.image_size), text_length(config))
 
 
-@functools.lru_cache(maxsize=4)
-def _load(data_json: str, source_name: str, split: str, max_images: int, image_size: int,
-          length: int) -> EvalSet:
+def _data_json(config) -> str:
+    """The data config as hashable JSON: loaders are cached on it, so several evaluators read
+    a split once."""
+    return json.dumps(config.data.to_dict(), sort_keys=True, default=str)
+
+
+def _builder(data_json: str, source_name: str, schema: str, split: str):
+    """(data config, source, prepared TFDS builder) after checking schema and split."""
     import ml_collections
     data_config = ml_collections.ConfigDict(json.loads(data_json))
     all_sources = tasks.sources(data_config)
@@ -104,13 +121,29 @@ def _load(data_json: str, source_name: str, split: str, max_images: int, image_s
         raise ValueError(f'Unknown evaluation source {source_name!r}; known sources: '
                          f'{sorted(all_sources)}.')
     source = all_sources[source_name]
-    if source.schema != 'image_text':
+    if source.schema != schema:
         raise ValueError(f'Evaluation source {source_name!r} has schema {source.schema!r}; '
-                         "image-text evaluation needs the 'image_text' schema.")
+                         f'this evaluation needs the {schema!r} schema.')
     builder = tasks.load_builder(source, data_config.tfds_data_dir)
     if split not in builder.info.splits:
         raise ValueError(f'{source.builder} has no split {split!r}; it has '
                          f'{sorted(builder.info.splits)}.')
+    return data_config, source, builder
+
+
+def load(config, source: str, split: str, max_images: int = 0) -> EvalSet:
+    """The first ``max_images`` (0: all) examples of ``split`` of ``source`` (a name in
+    ``xfm_jax.data.tasks.sources(config.data)``; '': :func:`default_source`), at
+    ``config.model.vision.image_size``."""
+    _check_data(config)
+    return _load(_data_json(config), source or default_source(config.data), split,
+                 int(max_images), int(config.model.vision.image_size), text_length(config))
+
+
+@functools.lru_cache(maxsize=4)
+def _load(data_json: str, source_name: str, split: str, max_images: int, image_size: int,
+          length: int) -> EvalSet:
+    data_config, source, builder = _builder(data_json, source_name, 'image_text', split)
     has_label = 'label' in builder.info.features
     label_names = tuple(builder.info.features['label'].names) if has_label else ()
     tokenizer = Tokenizer(data_config.vocab, length)
@@ -128,6 +161,7 @@ def _load(data_json: str, source_name: str, split: str, max_images: int, image_s
             'captions': captions,
             'caption_ids': text_ops.tokenize_wrapped(tokenizer.vocab, tokenizer.specials,
                                                      captions, length),
+            'phrases': phrases,
             'phrase_ids': text_ops.tokenize_wrapped(tokenizer.vocab, tokenizer.specials,
                                                     phrases, length),
             # The whole image is resized to a square, so normalised coordinates carry over.
@@ -140,13 +174,14 @@ def _load(data_json: str, source_name: str, split: str, max_images: int, image_s
 
     ds = ordered_split(builder, split, max_images, prepare)
     images, caption_ids, caption_image, captions = [], [], [], []
-    phrase_ids, phrase_image, boxes, labels = [], [], [], []
+    phrase_ids, phrases, phrase_image, boxes, labels = [], [], [], [], []
     for i, ex in enumerate(ds.as_numpy_iterator()):
         images.append(ex['image'])
         caption_ids.append(ex['caption_ids'])
         caption_image += [i] * len(ex['caption_ids'])
         captions += [c.decode() for c in ex['captions']]
         phrase_ids.append(ex['phrase_ids'])
+        phrases += [p.decode() for p in ex['phrases']]
         phrase_image += [i] * len(ex['phrase_ids'])
         boxes.append(ex['boxes'])
         if has_label:
@@ -158,6 +193,61 @@ def _load(data_json: str, source_name: str, split: str, max_images: int, image_s
         caption_ids=np.concatenate(caption_ids).astype(np.int32).reshape(-1, length),
         caption_image=np.asarray(caption_image, np.int32), captions=tuple(captions),
         phrase_ids=np.concatenate(phrase_ids).astype(np.int32).reshape(-1, length),
+        phrases=tuple(phrases),
         phrase_image=np.asarray(phrase_image, np.int32),
         phrase_boxes=np.concatenate(boxes).astype(np.float32).reshape(-1, 4),
         labels=np.asarray(labels, np.int32) if has_label else None, label_names=label_names)
+
+
+def frame_indices(total: tf.Tensor, num_frames: int) -> tf.Tensor:
+    """The middle frame of each of ``num_frames`` equal segments of a ``total``-frame clip: the
+    deterministic counterpart of training's one random frame per segment (data/augment.py)."""
+    centres = (tf.range(num_frames, dtype=tf.float32) + 0.5) * tf.cast(total, tf.float32)
+    return tf.minimum(tf.cast(centres / num_frames, tf.int32), total - 1)
+
+
+def load_video(config, source: str, split: str, max_videos: int = 0) -> VideoSet:
+    """The first ``max_videos`` (0: all) clips of ``split`` of a video-schema ``source`` ('':
+    the first source of ``data.streams.video.mixture``), ``config.model.video_frames`` frames
+    each (:func:`frame_indices`), at ``config.model.vision.image_size``; captions tokenised to
+    ``data.streams.video.text_len``."""
+    _check_data(config)
+    if not config.model.video_frames:
+        raise ValueError('Video evaluation needs a model with a video path '
+                         '(config.model.video_frames > 0: X²-VLM).')
+    length = text_length(config, 'video' if 'video' in config.data.streams else 'image_text')
+    return _load_video(_data_json(config), source or default_source(config.data, 'video'), split,
+                       int(max_videos), int(config.model.vision.image_size), length,
+                       int(config.model.video_frames))
+
+
+@functools.lru_cache(maxsize=2)
+def _load_video(data_json: str, source_name: str, split: str, max_videos: int, image_size: int,
+                length: int, num_frames: int) -> VideoSet:
+    data_config, source, builder = _builder(data_json, source_name, 'video', split)
+    tokenizer = Tokenizer(data_config.vocab, length)
+    max_words = data_config.caption_max_words
+
+    def prepare(ex):
+        picked = tf.gather(ex['frames'], frame_indices(tf.shape(ex['frames'])[0], num_frames))
+        frames = tf.map_fn(
+            lambda f: image_ops.normalize(image_ops.resize(image_ops.decode_rgb(f), image_size)),
+            picked, fn_output_signature=tf.TensorSpec([image_size, image_size, 3], tf.float32))
+        captions = text_ops.clean_caption(ex['captions'], max_words)
+        return {'frames': frames, 'captions': captions,
+                'caption_ids': text_ops.tokenize_wrapped(tokenizer.vocab, tokenizer.specials,
+                                                         captions, length)}
+
+    frames, caption_ids, caption_video, captions = [], [], [], []
+    for i, ex in enumerate(ordered_split(builder, split, max_videos, prepare,
+                                         encoded='frames').as_numpy_iterator()):
+        frames.append(ex['frames'])
+        caption_ids.append(ex['caption_ids'])
+        caption_video += [i] * len(ex['caption_ids'])
+        captions += [c.decode() for c in ex['captions']]
+    if not frames:
+        raise ValueError(f'{source.builder} split {split!r} is empty.')
+    return VideoSet(
+        frames=np.stack(frames).astype(np.float32),
+        caption_ids=np.concatenate(caption_ids).astype(np.int32).reshape(-1, length),
+        caption_video=np.asarray(caption_video, np.int32), captions=tuple(captions))

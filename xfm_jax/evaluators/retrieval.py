@@ -24,47 +24,76 @@ KS = (1, 5, 10)
 
 def evaluate(ctx: batching.EvalContext, settings) -> dict[str, float]:
     ds = data.load(ctx.config, settings.source, settings.split, settings.max_images)
-    mask = (ds.caption_ids != ctx.config.model.text.pad_id).astype(np.int32)
     image_embedding, image_tokens = ctx.map(
         batching.image_encoder(ctx.model), ds.num_images, batching.take({'image': ds.images}),
         'retrieval: images')
-    text_embedding, text_hidden = ctx.map(
-        batching.text_encoder(ctx.model), len(ds.caption_ids),
-        batching.take({'ids': ds.caption_ids, 'mask': mask}), 'retrieval: texts')
-    similarity = image_embedding.astype(np.float32) @ text_embedding.astype(np.float32).T
-
-    # Candidate pairs: every text with its top-k images, then every image with its top-k texts.
-    k = settings.k
-    t2i_top = metrics.top_k_indices(similarity.T, k)  # [T, k]
-    i2t_top = metrics.top_k_indices(similarity, k)  # [N, k]
-    pair_text = np.concatenate([np.repeat(np.arange(len(t2i_top)), t2i_top.shape[1]),
-                                i2t_top.ravel()])
-    pair_image = np.concatenate([t2i_top.ravel(),
-                                 np.repeat(np.arange(len(i2t_top)), i2t_top.shape[1])])
-    match, _ = ctx.map(
-        batching.fusion_heads(ctx.model), len(pair_text),
-        lambda i: {'text_hidden': text_hidden[pair_text[i]], 'mask': mask[pair_text[i]],
-                   'image_tokens': image_tokens[pair_image[i]]},
-        'retrieval: ITM re-ranking')
-    t2i_match = match[:t2i_top.size].reshape(t2i_top.shape)
-    i2t_match = match[t2i_top.size:].reshape(i2t_top.shape)
-    t2i_scores = metrics.rerank_top_k(similarity, t2i_top, t2i_match, axis=1)
-    i2t_scores = metrics.rerank_top_k(similarity, i2t_top, i2t_match, axis=0)
-    reranked = {**{m: v for m, v in metrics.retrieval_recall(t2i_scores, ds.caption_image, KS)
-                   .items() if m.startswith('t2i')},
-                **{m: v for m, v in metrics.retrieval_recall(i2t_scores, ds.caption_image, KS)
-                   .items() if m.startswith('i2t')}}
-
-    out = {'num_images': float(ds.num_images), 'num_texts': float(len(ds.caption_ids))}
-    for prefix, values in (('itc', metrics.retrieval_recall(similarity, ds.caption_image, KS)),
-                           ('itm', reranked),
-                           ('chance', metrics.retrieval_chance(ds.caption_image, ds.num_images,
-                                                               KS))):
-        out.update({f'{prefix}/{m}': v for m, v in values.items()})
+    out, t2i_scores = rank_and_rerank(ctx, image_embedding, image_tokens, ds.caption_ids,
+                                      ds.caption_image, settings.k, 'retrieval')
+    out.update(num_images=float(ds.num_images), num_texts=float(len(ds.caption_ids)))
     if settings.gallery_queries and ctx.workdir:
         path = os.path.join(ctx.workdir, f'retrieval_gallery_step{ctx.step}.png')
         draw_gallery(path, ds, t2i_scores, settings.gallery_queries)
     return out
+
+
+def rank_and_rerank(ctx: batching.EvalContext, item_embedding: np.ndarray,
+                    item_tokens: np.ndarray, caption_ids: np.ndarray, caption_item: np.ndarray,
+                    k: int, name: str) -> tuple[dict[str, float], np.ndarray]:
+    """Ranks N items (images or videos) against T captions by ITC, then re-ranks each query's
+    top ``k`` candidates by the ITM match probability. Shared by image and video retrieval.
+
+    Args:
+      item_embedding: [N, E] ITC embeddings; item_tokens: [N, 1+P, Dv] what the fusion encoder
+        attends to.
+      caption_ids: int [T, L]; caption_item: int [T], the item each caption describes.
+    Returns:
+      ``{itc,itm,chance}/{t2i,i2t}_r{1,5,10}`` (percent) and the re-ranked text->item scores
+      [N, T] (higher = better).
+    """
+    mask = (caption_ids != ctx.config.model.text.pad_id).astype(np.int32)
+    text_embedding, text_hidden = ctx.map(
+        batching.text_encoder(ctx.model), len(caption_ids),
+        batching.take({'ids': caption_ids, 'mask': mask}), f'{name}: texts')
+    similarity = item_embedding.astype(np.float32) @ text_embedding.astype(np.float32).T
+
+    # Candidate pairs: every text with its top-k items, then every item with its top-k texts.
+    t2i_top = metrics.top_k_indices(similarity.T, k)  # [T, k]
+    i2t_top = metrics.top_k_indices(similarity, k)  # [N, k]
+    pair_text = np.concatenate([np.repeat(np.arange(len(t2i_top)), t2i_top.shape[1]),
+                                i2t_top.ravel()])
+    pair_item = np.concatenate([t2i_top.ravel(),
+                                np.repeat(np.arange(len(i2t_top)), i2t_top.shape[1])])
+    match, _ = ctx.map(
+        batching.fusion_heads(ctx.model), len(pair_text),
+        lambda i: {'text_hidden': text_hidden[pair_text[i]], 'mask': mask[pair_text[i]],
+                   'image_tokens': item_tokens[pair_item[i]]},
+        f'{name}: ITM re-ranking')
+    t2i_match = match[:t2i_top.size].reshape(t2i_top.shape)
+    i2t_match = match[t2i_top.size:].reshape(i2t_top.shape)
+    t2i_scores = metrics.rerank_top_k(similarity, t2i_top, t2i_match, axis=1)
+    i2t_scores = metrics.rerank_top_k(similarity, i2t_top, i2t_match, axis=0)
+    reranked = {**{m: v for m, v in metrics.retrieval_recall(t2i_scores, caption_item, KS)
+                   .items() if m.startswith('t2i')},
+                **{m: v for m, v in metrics.retrieval_recall(i2t_scores, caption_item, KS)
+                   .items() if m.startswith('i2t')}}
+    out = {}
+    for prefix, values in (('itc', metrics.retrieval_recall(similarity, caption_item, KS)),
+                           ('itm', reranked),
+                           ('chance', metrics.retrieval_chance(caption_item, len(similarity),
+                                                               KS))):
+        out.update({f'{prefix}/{m}': v for m, v in values.items()})
+    return out, t2i_scores
+
+
+def display_pixels(images: np.ndarray) -> np.ndarray:
+    """CLIP-normalised float images [..., 3] -> uint8 pixels for drawing."""
+    pixels = images * np.asarray(image_ops.CLIP_STD) + np.asarray(image_ops.CLIP_MEAN)
+    return np.clip(np.round(pixels * 255), 0, 255).astype(np.uint8)
+
+
+def spread(count: int, num: int) -> np.ndarray:
+    """Up to ``num`` indices spread evenly over ``range(count)`` (for galleries)."""
+    return np.unique(np.linspace(0, count - 1, num).astype(int))
 
 
 def draw_gallery(path: str, ds: data.EvalSet, t2i_scores: np.ndarray, num_queries: int,
@@ -72,10 +101,9 @@ def draw_gallery(path: str, ds: data.EvalSet, t2i_scores: np.ndarray, num_querie
     """PNG: one row per text query (``num_queries`` captions spread over the set): the caption,
     then its ``top`` images after re-ranking, the true image framed green, the others red."""
     from PIL import Image, ImageDraw
-    pixels = ds.images * np.asarray(image_ops.CLIP_STD) + np.asarray(image_ops.CLIP_MEAN)
-    pixels = np.clip(pixels * 255, 0, 255).astype(np.uint8)
+    pixels = display_pixels(ds.images)
     text_width, pad = 260, 4
-    queries = np.unique(np.linspace(0, len(ds.captions) - 1, num_queries).astype(int))
+    queries = spread(len(ds.captions), num_queries)
     rows = len(queries)
     canvas = Image.new('RGB', (text_width + top * (cell + pad), rows * (cell + pad)), 'white')
     pen = ImageDraw.Draw(canvas)
