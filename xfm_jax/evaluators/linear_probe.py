@@ -40,25 +40,37 @@ def fit_logistic_regression(features: np.ndarray, labels: np.ndarray, num_classe
     return jax.device_get(params)
 
 
-def evaluate(ctx: batching.EvalContext, settings) -> dict[str, float]:
+def frozen_features(ctx: batching.EvalContext, settings, name: str):
+    """Standardised frozen features of ``settings.train_split`` and ``settings.test_split``
+    (statistics of the train features): (train_x [N, Dv], train_y, test_x, test_y, number of
+    classes). Shared with the MLP probe."""
     train = data.load(ctx.config, settings.source, settings.train_split,
                       settings.max_train_images)
     test = data.load(ctx.config, settings.source, settings.test_split, settings.max_test_images)
     if train.labels is None:
-        raise ValueError(f'linear_probe: source {settings.source!r} has no class labels '
-                         "('label' feature); set config.evaluate.linear_probe.source.")
-    model = ctx.model
-    encode = jax.jit(lambda params, b: model.apply(
-        {'params': params}, b['image'], method=lambda m, x: m.encode_image(x)[:, 0]))
-    train_x, test_x = (ctx.map(encode, s.num_images, batching.take({'image': s.images}),
-                               f'linear probe: {split} features').astype(np.float32)
+        raise ValueError(f'{name}: source {settings.source!r} has no class labels '
+                         f"('label' feature); set config.evaluate.{name}.source.")
+    train_x, test_x = (ctx.map(batching.image_features(ctx.model), s.num_images,
+                               batching.take({'image': s.images}),
+                               f'{name}: {split} features').astype(np.float32)
                        for s, split in ((train, 'train'), (test, 'test')))
     mean, std = train_x.mean(0), train_x.std(0) + 1e-6
-    train_x, test_x = (train_x - mean) / std, (test_x - mean) / std
+    return ((train_x - mean) / std, train.labels, (test_x - mean) / std, test.labels,
+            len(train.label_names))
+
+
+def majority_class(labels: np.ndarray) -> float:
+    """Accuracy (percent) of always answering the commonest class."""
+    return 100.0 * float(np.max(np.bincount(labels)) / len(labels))
+
+
+def evaluate(ctx: batching.EvalContext, settings) -> dict[str, float]:
+    train_x, train_y, test_x, test_y, num_classes = frozen_features(ctx, settings,
+                                                                     'linear_probe')
     weights, bias = fit_logistic_regression(
-        train_x, train.labels, len(train.label_names), steps=settings.steps,
+        train_x, train_y, num_classes, steps=settings.steps,
         learning_rate=settings.learning_rate, weight_decay=settings.weight_decay)
-    return {'train_top1': metrics.top1_accuracy(train_x @ weights + bias, train.labels),
-            'test_top1': metrics.top1_accuracy(test_x @ weights + bias, test.labels),
-            'majority_class': 100.0 * float(np.max(np.bincount(test.labels)) / len(test.labels)),
-            'num_train': float(train.num_images), 'num_test': float(test.num_images)}
+    return {'train_top1': metrics.top1_accuracy(train_x @ weights + bias, train_y),
+            'test_top1': metrics.top1_accuracy(test_x @ weights + bias, test_y),
+            'majority_class': majority_class(test_y),
+            'num_train': float(len(train_y)), 'num_test': float(len(test_y))}
