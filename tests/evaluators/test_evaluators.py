@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from xfm_jax import evaluate, partitioning
+from xfm_jax.data import image_ops
 from xfm_jax.evaluators import batching, data, grounding, linear_probe, metrics, retrieval
 from xfm_jax.evaluators import zero_shot_classification
 from xfm_jax.models.model import build_model
@@ -93,6 +94,28 @@ def test_grounding_matches_direct_computation(ctx):
     assert out['accuracy'] == pytest.approx(100 * np.mean(iou >= 0.5))
     assert out['mean_iou'] == pytest.approx(iou.mean(), rel=1e-5)
     assert out['num_phrases'] == len(ds.phrase_ids)
+    # gallery_phrases=8 in cells of 128 + 4 pixels wide, 128 + 40 + 4 high: 4 columns, 2 rows.
+    from PIL import Image
+    with Image.open(os.path.join(ctx.workdir, 'grounding_gallery_step3.png')) as gallery:
+        assert gallery.size == (4 * 132, 2 * 172)
+
+
+def test_grounding_gallery_draws_true_and_predicted_boxes(tmp_path):
+    from PIL import Image
+    images = np.zeros((5, 16, 16, 3), np.float32)  # CLIP-normalised 0: the mean colour
+    true = np.tile([0.5, 0.5, 0.5, 0.5], (5, 1))  # pixels 32..96 of a 128 cell
+    predicted = np.tile([0.25, 0.25, 0.25, 0.25], (5, 1))  # pixels 16..48
+    path = str(tmp_path / 'gallery.png')
+    grounding.draw_gallery(path, images, ['a small red circle'] * 5, true, predicted, 0.5)
+    with Image.open(path) as gallery:
+        assert gallery.size == (4 * 132, 2 * 172)  # 5 phrases: 4 columns, 2 rows
+        pixels = np.asarray(gallery.convert('RGB'))
+    # Fifth cell (row 1, column 0) starts at y = 172: the left edge of each box, half-way down.
+    assert tuple(pixels[172 + 80, 32]) == (0, 128, 0)  # PIL's 'green': the true box
+    assert tuple(pixels[172 + 40, 16]) == (255, 0, 0)  # red: the prediction
+    assert tuple(pixels[172 + 100, 100]) == tuple(
+        round(255 * m) for m in image_ops.CLIP_MEAN)  # inside neither box: the image
+    assert tuple(pixels[1, 4 * 132 - 1]) == (255, 255, 255)  # the padding
 
 
 def test_logistic_regression_separates_separable_classes():
