@@ -162,6 +162,7 @@ def evaluate(config, workdir: str, checkpoint: str | None = None,
     params = restore_params(directory, abstract, shardings)
     logging.info('restored params of step %d from %s onto mesh %s', step, directory,
                  dict(mesh.shape))
+    os.makedirs(workdir, exist_ok=True)  # evaluators write their galleries there
     results = run_evaluators(config, params, mesh, rules, workdir=workdir, step=step)
     path = write_results(workdir, step, directory, results)
     print(f'Evaluation of {directory} (step {step}):\n{format_table(results)}\n'
