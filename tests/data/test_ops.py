@@ -5,7 +5,7 @@ import io
 import numpy as np
 import pytest
 import tensorflow as tf
-from PIL import Image, ImageOps
+from PIL import Image, ImageEnhance, ImageOps
 
 from xfm_jax.data import image_ops, text_ops, vocab as vocab_lib
 
@@ -77,6 +77,60 @@ def test_equalize_and_autocontrast_match_pil():
         ours = image_ops.autocontrast(tf.constant(image, tf.float32)).numpy()
         theirs = np.asarray(ImageOps.autocontrast(Image.fromarray(image)), np.float32)
         assert np.abs(ours - theirs).max() < 1.01  # PIL truncates through a uint8 lookup table
+
+
+def test_sharpness_and_brightness_match_pil():
+    for seed in range(3):
+        image = _random_image(seed)
+        for factor in (0.1, 1.36, 1.9):
+            ours = image_ops.sharpness(tf.constant(image, tf.float32), factor).numpy()
+            theirs = np.asarray(ImageEnhance.Sharpness(Image.fromarray(image)).enhance(factor))
+            assert np.abs(ours - theirs).max() < 1.01  # PIL rounds the blend to uint8
+            ours = image_ops.brightness(tf.constant(image, tf.float32), factor).numpy()
+            theirs = np.asarray(ImageEnhance.Brightness(Image.fromarray(image)).enhance(factor))
+            assert np.abs(ours - theirs).max() < 1.01
+
+
+def _numpy_affine(image, matrix, fill=128.0):
+    """Bilinear sampling of output (x, y) at (a0 x + a1 y + a2, b0 x + b1 y + b2); the four taps
+    outside the image read ``fill`` (cv2.warpAffine with a constant border)."""
+    h, w, _ = image.shape
+    a0, a1, a2, b0, b1, b2 = matrix
+    out = np.zeros(image.shape, np.float64)
+    for y in range(h):
+        for x in range(w):
+            sx, sy = a0 * x + a1 * y + a2, b0 * x + b1 * y + b2
+            x0, y0 = int(np.floor(sx)), int(np.floor(sy))
+            for yy, wy in ((y0, y0 + 1 - sy), (y0 + 1, sy - y0)):
+                for xx, wx in ((x0, x0 + 1 - sx), (x0 + 1, sx - x0)):
+                    inside = 0 <= yy < h and 0 <= xx < w
+                    out[y, x] += wy * wx * (image[yy, xx] if inside else fill)
+    return out
+
+
+@pytest.mark.parametrize('name,make_matrix,fast', [
+    ('shear_x', lambda s: (1, s, 0, 0, 1, 0), lambda x, s: image_ops.shear_x(x, s)),
+    ('shear_y', lambda s: (1, 0, 0, s, 1, 0), lambda x, s: image_ops.shear_y(x, s)),
+])
+def test_shears_match_numpy_bilinear(name, make_matrix, fast):
+    image = _random_image(3, (11, 13)).astype(np.float32)
+    for factor in (0.21, -0.21, 0.7):
+        expected = _numpy_affine(image, make_matrix(factor))
+        np.testing.assert_allclose(fast(tf.constant(image), tf.constant(factor)).numpy(),
+                                   expected, atol=0.02, err_msg=f'{name} {factor}')
+        general = image_ops._affine(tf.constant(image), tf.constant(make_matrix(factor),
+                                                                     tf.float32))
+        np.testing.assert_allclose(general.numpy(), expected, atol=0.02)
+
+
+def test_translate_equals_general_affine_exactly():
+    image = _random_image(4, (10, 12)).astype(np.float32)
+    for dx, dy in ((7, 0), (-7, 0), (0, 7), (0, -7), (3, -2), (-12, 0)):
+        fast = image_ops.translate(tf.constant(image), tf.constant(float(dx)), dy, 12).numpy()
+        general = image_ops._affine(tf.constant(image), tf.constant([1, 0, dx, 0, 1, dy],
+                                                                     tf.float32)).numpy()
+        np.testing.assert_array_equal(fast, general)
+        np.testing.assert_allclose(fast, _numpy_affine(image, (1, 0, dx, 0, 1, dy)), atol=1e-4)
 
 
 def test_rotate_90_matches_numpy():
