@@ -18,6 +18,7 @@ class FusionEncoder(nn.Module):
     -> fused [B, L, Dt]; position 0 is the multimodal [CLS]."""
     config: TextConfig  # the text stack's settings; depth = number of fusion layers
     own_mlm_head: bool = False
+    causal: bool = False  # text position t attends to positions <= t only (an answer decoder)
 
     def setup(self):
         cfg = self.config
@@ -36,6 +37,11 @@ class FusionEncoder(nn.Module):
             raise ValueError(f'image mask shape {tuple(image_mask.shape)} does not match image '
                              f'tokens {tuple(image_tokens.shape)}.')
         self_bias = layers.padding_bias(text_mask, layers.SELF_ATTENTION_MASK_VALUE)
+        if self.causal:  # BERT's decoder mask: (1 - causal * padding) * mask value
+            length = text_mask.shape[1]
+            future = jnp.triu(jnp.ones((length, length), bool), k=1)
+            self_bias = jnp.minimum(
+                self_bias, jnp.where(future, layers.SELF_ATTENTION_MASK_VALUE, 0.0))
         cross_bias = layers.padding_bias(image_mask, layers.CROSS_ATTENTION_MASK_VALUE)
         image_tokens = image_tokens.astype(layers.dtype_of(self.config.dtype))
         return self.encoder(text_hidden, jnp.zeros(self.config.depth), self_bias, image_tokens,
