@@ -30,6 +30,8 @@ class Examples:
     rows: dict[str, np.ndarray]  # field -> [N, ...]
     images: np.ndarray | None = None  # float32 [M, S, S, 3], CLIP-normalised
     label_names: tuple[str, ...] = ()  # class names ([] for regression and retrieval)
+    # Per-row strings for reports such as galleries (the question, the true answer); not batched.
+    display: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
         sizes = {name: len(array) for name, array in self.rows.items()}
@@ -38,6 +40,9 @@ class Examples:
         if not next(iter(sizes.values())):
             raise ValueError('No examples were read (an empty split, or max_examples filtered '
                              'everything out).')
+        bad = {name: len(texts) for name, texts in self.display.items() if len(texts) != len(self)}
+        if bad:
+            raise ValueError(f'Display strings {bad} do not match the {len(self)} rows.')
 
     def __len__(self) -> int:
         return len(next(iter(self.rows.values())))
