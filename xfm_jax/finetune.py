@@ -3,26 +3,33 @@ r"""Fine-tuning program: pre-trained parameters -> task head -> AdamW -> evaluat
     python -m xfm_jax.finetune --config=configs/finetune/vqa.py:tiny --workdir=DIR \
         [--init=CHECKPOINT] [--config.train.trainable=head ...]
 
-``--init`` is a pre-training workdir (its newest checkpoint), one Orbax step directory, or an
-output of ``python -m xfm_jax.convert`` (its ``model_config.json`` replaces ``config.model``,
-except ``stop_gradient_text``, which fine-tuning turns off). Only the parameters the task uses are
-read, onto this run's mesh. Without ``--init`` the backbone starts from random initialisation.
+``--init`` is a pre-training workdir (its newest checkpoint), one Orbax step directory, an
+output of ``python -m xfm_jax.convert`` or of this program (their ``model_config.json`` replaces
+``config.model``, except ``stop_gradient_text``, which fine-tuning turns off). Only the parameters
+the task uses are read, onto this run's mesh; a fine-tuning output of the same task also restores
+the task's own parameters (its head). Without ``--init`` the backbone starts from random
+initialisation.
 
 Sections: mesh -> pre-trained location -> data -> task model / optimizer / sharded state ->
-restore -> update step -> loop with evaluations. Outputs in ``--workdir``: ``finetune.json``
-(config, init, train history, final metrics), TensorBoard scalars ``train/*`` and ``eval/*`` in
-``tensorboard/``, and a table with each metric's chance level on stdout.
+restore -> update step -> loop with evaluations -> save. Outputs in ``--workdir``:
+``finetune.json`` (config, init, train history, final metrics), TensorBoard scalars ``train/*``
+and ``eval/*`` in ``tensorboard/``, the fine-tuned parameters (``params/`` + ``model_config.json``,
+the layout of a converted checkpoint: ``python -m xfm_jax.evaluate --checkpoint=WORKDIR`` and
+``--init=WORKDIR`` read it; see :func:`save_params`), and a table with each metric's chance level
+on stdout.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import time
 from typing import Any
 
 from absl import app, flags, logging
+import flax
 import flax.linen as nn
 import jax
 import ml_collections
@@ -30,13 +37,15 @@ import numpy as np
 import optax
 from ml_collections import config_flags
 
+from xfm_jax import checkpoint
 from xfm_jax import evaluate as evaluate_lib
 from xfm_jax import finetuning, optim, partitioning
 from xfm_jax.finetuning import common
-from xfm_jax.models.model import build_model
+from xfm_jax.models.model import build_model, init_variables
 from xfm_jax.train_step import TrainState, jit_train_step
 
 RESULTS = 'finetune.json'
+PARAMS = 'params'  # Orbax tree in the workdir: {'params': whole model, 'task': the task's own}
 TRAINABLE = ('all', 'head')
 
 
@@ -65,12 +74,112 @@ def locate_init(init: str) -> tuple[str, int, dict | None]:
     return evaluate_lib.locate(None, init)
 
 
+def own_params(params):
+    """The task's own params: everything but the backbone ``params['model']``."""
+    return {k: v for k, v in params.items() if k != 'model'}
+
+
+def restore_task_params(directory: str, task_name: str, abstract_params, shardings):
+    """The task's own params stored under 'task' in ``directory`` (the ``params/`` of an output
+    of this program for task ``task_name``), placed on ``shardings``; None when ``directory`` is
+    no such output or stores other names or shapes (the head then keeps its initialisation)."""
+    import orbax.checkpoint as ocp
+    config_path = os.path.join(os.path.dirname(directory), evaluate_lib.CONVERTED_CONFIG)
+    if not os.path.isfile(config_path):
+        return None
+    with open(config_path) as f:
+        if json.load(f).get('task') != task_name:
+            return None
+    checkpointer = ocp.PyTreeCheckpointer()
+    stored = checkpointer.metadata(directory).item_metadata.tree.get('task')
+    wanted = own_params(nn.unbox(abstract_params))
+
+    def shapes(tree):
+        flat = flax.traverse_util.flatten_dict(tree, sep='/')
+        return {name: tuple(value.shape) for name, value in flat.items()}
+    if not stored or not wanted or shapes(stored) != shapes(wanted):
+        return None
+    target = {'task': jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), wanted,
+        own_params(shardings))}
+    return checkpointer.restore(directory, args=ocp.args.PyTreeRestore(
+        item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+        partial_restore=True))['task']
+
+
+def save_params(workdir: str, config, params, mesh, rules, init_directory: str | None) -> str:
+    """Writes the fine-tuned ``params`` as ``workdir/params`` (Orbax; every process writes its
+    own shards) beside ``model_config.json``: the layout of a converted checkpoint. Under 'params'
+    the WHOLE ``VisionLanguageModel`` (so the evaluators can run on it): fine-tuned where the task
+    used it, elsewhere as read from ``init_directory`` (random initialisation without one); under
+    'task' the task's own params. Returns the directory."""
+    import orbax.checkpoint as ocp
+    model = build_model(config.model)
+    _, shardings = evaluate_lib.param_shardings(model, mesh, rules)
+    whole = jax.jit(lambda rng: nn.unbox(init_variables(model, rng)['params']),
+                    out_shardings=shardings)(jax.random.key(config.train.seed))
+    if init_directory:  # load_matching_params takes a step directory, not its state/
+        source = (os.path.dirname(init_directory) if os.path.basename(init_directory) == 'state'
+                  else init_directory)
+        whole, _, _ = checkpoint.load_matching_params(source, whole)
+    flat = flax.traverse_util.flatten_dict(whole, sep='/')
+    flat.update(flax.traverse_util.flatten_dict(params['model'], sep='/'))
+    tree = {'params': flax.traverse_util.unflatten_dict(flat, sep='/')}
+    if own_params(params):
+        tree['task'] = own_params(params)
+    directory = os.path.join(os.path.abspath(workdir), PARAMS)  # Orbax needs absolute paths
+    ocp.PyTreeCheckpointer().save(directory, tree, force=True)
+    if jax.process_index() == 0:
+        path = os.path.join(os.path.abspath(workdir), evaluate_lib.CONVERTED_CONFIG)
+        with open(path, 'w') as f:
+            json.dump({'format': config.model.family, 'model': config.model.to_dict(),
+                       'task': config.task.name}, f, indent=2, sort_keys=True)
+    return directory
+
+
+def restore_params(directory: str, config, abstract_params, shardings):
+    """The task model's params from an output of :func:`save_params` (``directory``: its
+    ``params/``), as fine-tuned: the backbone the task uses and the task's own params."""
+    params = {'model': evaluate_lib.restore_params(
+        directory, nn.unbox(abstract_params)['model'], shardings['model'])}
+    own = restore_task_params(directory, config.task.name, abstract_params, shardings)
+    if own is None and own_params(nn.unbox(abstract_params)):
+        raise ValueError(f'{directory} holds no task params of this model '
+                         f'(task {config.task.name!r}).')
+    return {**params, **(own or {})}
+
+
+def initial_params(config, task, params, abstract_params, shardings, directory: str | None):
+    """The task model's starting params, on ``shardings``: ``params`` (its random init) with
+
+    1. the backbone ``params['model']`` restored from ``directory`` (None: kept random);
+    2. the params the task derives from the backbone (``task.params_from_backbone``: the
+       generative VQA decoder copies the fusion encoder), in buffers of their own;
+    3. the task's own params when ``directory`` is a fine-tuning output of this task.
+    """
+    if directory is not None:
+        params = {**params, 'model': evaluate_lib.restore_params(
+            directory, abstract_params['model'], shardings['model'])}
+    derive = functools.partial(getattr(task, 'params_from_backbone', lambda c, p: {}), config)
+    names = sorted(jax.eval_shape(derive, params))
+    if names:
+        derived = jax.jit(derive, out_shardings={k: shardings[k] for k in names})(params)
+        params = {**params, **derived}
+        logging.info('task params %s derived from the backbone', names)
+    own = (restore_task_params(directory, config.task.name, abstract_params, shardings)
+           if directory else None)
+    if own is not None:
+        params = {**params, **own}
+        logging.info('task params %s restored from %s', sorted(own), directory)
+    return params
+
+
 def trainable(params, mode: str):
     """The params the optimizer updates: all, or with ``mode='head'`` all but the backbone
     (``params['model']``), which then gets no gradient computed at all."""
     if mode not in TRAINABLE:
         raise ValueError(f'train.trainable must be one of {TRAINABLE}, got {mode!r}.')
-    return params if mode == 'all' else {k: v for k, v in params.items() if k != 'model'}
+    return params if mode == 'all' else own_params(params)
 
 
 def make_train_step(task_model, tx, schedule, mode: str, temp_range):
@@ -158,13 +267,12 @@ def finetune(config, workdir: str, init: str | None = None,
     shardings = partitioning.state_shardings(abstract, mesh, rules)
     state = jax.jit(lambda r: nn.unbox(init_state(r)), out_shardings=shardings)(key)
 
-    # ---- restore the backbone ------------------------------------------------------------------
+    # ---- restore the backbone, derive and restore the task's params -----------------------------
     if directory is None:
         logging.warning('No --init: the backbone starts from random initialisation.')
-    else:
-        backbone = evaluate_lib.restore_params(directory, abstract.params['model'],
-                                               shardings.params['model'])
-        state = state.replace(params={**state.params, 'model': backbone})
+    state = state.replace(params=initial_params(config, task, state.params, abstract.params,
+                                                shardings.params, directory))
+    if directory is not None:
         logging.info('backbone from %s (step %d) onto mesh %s', directory, init_step,
                      dict(mesh.shape))
 
@@ -209,8 +317,11 @@ def finetune(config, workdir: str, init: str | None = None,
                 results = run_evaluation(step + 1)
     writer.flush()
 
+    # ---- save ----------------------------------------------------------------------------------
+    saved = save_params(workdir, config, state.params, mesh, rules, directory)
     out = {'task': settings.name, 'init': directory, 'init_step': init_step, 'steps': total,
            'trainable': config.train.trainable, 'train': history, 'eval': results,
+           'params_directory': saved,
            'config': json.loads(config.to_json_best_effort())}
     path = os.path.join(workdir, RESULTS)
     if jax.process_index() == 0:
@@ -219,7 +330,8 @@ def finetune(config, workdir: str, init: str | None = None,
             json.dump(out, f, indent=2, sort_keys=True)
     origin = f'{directory} (step {init_step})' if directory else 'random initialisation'
     print(f'Fine-tuned {settings.name} for {total} steps from {origin} '
-          f'({config.train.trainable} trained):\n{format_table(results)}\nResults: {path}')
+          f'({config.train.trainable} trained):\n{format_table(results)}\nResults: {path}\n'
+          f'Parameters: {saved}')
     return {**out, 'params': state.params}
 
 
