@@ -5,9 +5,9 @@ ml_collections: runs on accelerator machines without TensorFlow).
     python benchmarks/train_step.py --config=configs/xfm_base.py --config.model.dtype=bfloat16 \
         --batch_scale=0.25 --steps=10
 
-Prints compile time, step time, examples/s per stream, analytic model FLOPs per step and MFU
-against the device's peak (accelerators: PEAK_FLOPS table; CPU: a fp32 matmul measured here in
-the same run).
+Prints compile time, the memory XLA plans per device (``--steps=0`` stops there), step time,
+examples/s per stream, analytic model FLOPs per step and MFU against the device's peak
+(accelerators: PEAK_FLOPS table; CPU: a fp32 matmul measured here in the same run).
 """
 
 from __future__ import annotations
@@ -74,6 +74,14 @@ def main(argv):
         start = time.perf_counter()
         compiled = step.lower(state, batch, rng).compile()
         compile_s = time.perf_counter() - start
+        print(f'compile: {compile_s:.1f} s', flush=True)
+        memory = compiled.memory_analysis()
+        if memory is not None:  # what XLA plans per device: arguments (state + batch), temporaries
+            print(f'memory/device: arguments {memory.argument_size_in_bytes / 1e9:.2f} GB, '
+                  f'temporaries {memory.temp_size_in_bytes / 1e9:.2f} GB '
+                  f'(model.remat_policy={config.model.remat_policy!r})', flush=True)
+        if not flags.FLAGS.steps:
+            return
         state, metrics = compiled(state, batch, rng)
         jax.block_until_ready(metrics)
         times = []
@@ -93,7 +101,6 @@ def main(argv):
         peak_source = 'fp32 matmul measured now on this CPU'
     peak_total = peak * jax.device_count() if peak_source.endswith('peak') else peak
     achieved = model_flops['total'] / step_s
-    print(f'compile: {compile_s:.1f} s')
     print(f'step: {step_s * 1e3:.1f} ms (median of {len(times)}), loss {float(metrics["loss"]):.4f}')
     for stream, size in sizes.items():
         print(f'  {stream:<11} {size["batch"] / step_s:10.1f} examples/s  '
@@ -107,7 +114,8 @@ def main(argv):
 if __name__ == '__main__':
     # Flags are defined only when run as a script: tests import synthetic_streams from here.
     config_flags.DEFINE_config_file('config', None, 'Run config.', lock_config=True)
-    flags.DEFINE_integer('steps', 5, 'Timed steps (after one warm-up step).')
+    flags.DEFINE_integer('steps', 5, 'Timed steps (after one warm-up step); 0: compile, print '
+                         'the planned memory, stop.')
     flags.DEFINE_float('batch_scale', 1.0, 'Multiplies every stream batch size of config.batch.')
     flags.DEFINE_list('streams', None, 'Subset of streams (default: config.streams).')
     flags.mark_flag_as_required('config')
