@@ -94,28 +94,30 @@ def test_grounding_matches_direct_computation(ctx):
     assert out['accuracy'] == pytest.approx(100 * np.mean(iou >= 0.5))
     assert out['mean_iou'] == pytest.approx(iou.mean(), rel=1e-5)
     assert out['num_phrases'] == len(ds.phrase_ids)
-    # gallery_phrases=8 in cells of 128 + 4 pixels wide, 128 + 40 + 4 high: 4 columns, 2 rows.
+    # gallery.draw: gallery_phrases=8 rows of (128-pixel image, 40-character text column),
+    # each followed by 4 pixels of padding.
     from PIL import Image
-    with Image.open(os.path.join(ctx.workdir, 'grounding_gallery_step3.png')) as gallery:
-        assert gallery.size == (4 * 132, 2 * 172)
+    with Image.open(os.path.join(ctx.workdir, 'grounding_gallery_step3.png')) as png:
+        assert png.size == (128 + 4 + 40 * 6 + 4, 8 * (128 + 4))
 
 
 def test_grounding_gallery_draws_true_and_predicted_boxes(tmp_path):
     from PIL import Image
     images = np.zeros((5, 16, 16, 3), np.float32)  # CLIP-normalised 0: the mean colour
-    true = np.tile([0.5, 0.5, 0.5, 0.5], (5, 1))  # pixels 32..96 of a 128 cell
+    true = np.tile([0.5, 0.5, 0.5, 0.5], (5, 1))  # pixels 32..96 of a 128-pixel image
     predicted = np.tile([0.25, 0.25, 0.25, 0.25], (5, 1))  # pixels 16..48
     path = str(tmp_path / 'gallery.png')
     grounding.draw_gallery(path, images, ['a small red circle'] * 5, true, predicted, 0.5)
-    with Image.open(path) as gallery:
-        assert gallery.size == (4 * 132, 2 * 172)  # 5 phrases: 4 columns, 2 rows
-        pixels = np.asarray(gallery.convert('RGB'))
-    # Fifth cell (row 1, column 0) starts at y = 172: the left edge of each box, half-way down.
-    assert tuple(pixels[172 + 80, 32]) == (0, 128, 0)  # PIL's 'green': the true box
-    assert tuple(pixels[172 + 40, 16]) == (255, 0, 0)  # red: the prediction
-    assert tuple(pixels[172 + 100, 100]) == tuple(
-        round(255 * m) for m in image_ops.CLIP_MEAN)  # inside neither box: the image
-    assert tuple(pixels[1, 4 * 132 - 1]) == (255, 255, 255)  # the padding
+    with Image.open(path) as png:
+        assert png.size == (128 + 4 + 40 * 6 + 4, 5 * (128 + 4))
+        pixels = np.asarray(png.convert('RGB')).astype(int)
+    y = 4 * 132  # the fifth row; at each box's left edge, half-way down it
+    np.testing.assert_array_equal(pixels[y + 80, 32], (0, 128, 0))  # PIL's 'green': the truth
+    np.testing.assert_array_equal(pixels[y + 40, 16], (255, 0, 0))  # red: the prediction
+    # Inside neither box: the image, the mean colour to the nearest unit.
+    np.testing.assert_allclose(pixels[y + 110, 110], 255 * np.asarray(image_ops.CLIP_MEAN),
+                               atol=1)
+    np.testing.assert_array_equal(pixels[y + 1, 128 + 4 + 40 * 6 + 1], (255, 255, 255))  # pad
 
 
 def test_logistic_regression_separates_separable_classes():

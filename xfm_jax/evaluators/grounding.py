@@ -12,16 +12,11 @@ the accuracy of always answering the whole image (0.5, 0.5, 1, 1).
 from __future__ import annotations
 
 import os
-import textwrap
 
 import numpy as np
 
-from xfm_jax.evaluators import batching, data, metrics
-from xfm_jax.evaluators.retrieval import display_pixels, spread
-
-GALLERY_COLUMNS = 4
-GALLERY_PAD = 4
-GALLERY_TEXT_HEIGHT = 40  # under each image: two lines of phrase and one of IoU
+from xfm_jax.evaluators import batching, data, gallery, metrics
+from xfm_jax.evaluators.retrieval import spread
 
 
 def evaluate(ctx: batching.EvalContext, settings) -> dict[str, float]:
@@ -55,33 +50,27 @@ def evaluate(ctx: batching.EvalContext, settings) -> dict[str, float]:
 
 
 def draw_gallery(path: str, images: np.ndarray, phrases: list[str], true_boxes: np.ndarray,
-                 predicted_boxes: np.ndarray, threshold: float, cell: int = 128) -> None:
-    """PNG grid, ``GALLERY_COLUMNS`` wide, one cell per phrase: its image scaled to ``cell``
-    pixels with the true box in green and the predicted one in red, and under it the phrase and
-    the IoU (green when it reaches ``threshold``). Cells are ``cell + GALLERY_PAD`` wide and
-    ``cell + GALLERY_TEXT_HEIGHT + GALLERY_PAD`` high.
+                 predicted_boxes: np.ndarray, threshold: float, size: int = 128) -> None:
+    """PNG (``gallery.draw``): one row per phrase: its image scaled to ``size`` pixels with the
+    true box in green and the predicted one in red, then the phrase and the IoU, written in
+    green when the IoU reaches ``threshold``, else red.
 
     Args:
       images: CLIP-normalised [R, S, S, 3], the image of each phrase.
       true_boxes, predicted_boxes: [R, 4] normalised (cx, cy, w, h).
     """
     from PIL import Image, ImageDraw
-    pixels = display_pixels(images)
     iou = metrics.box_iou(predicted_boxes, true_boxes)
-    columns = min(GALLERY_COLUMNS, len(phrases))
-    rows = -(-len(phrases) // columns)
-    width, height = cell + GALLERY_PAD, cell + GALLERY_TEXT_HEIGHT + GALLERY_PAD
-    canvas = Image.new('RGB', (columns * width, rows * height), 'white')
-    pen = ImageDraw.Draw(canvas)
-    for i, phrase in enumerate(phrases):
-        x, y = (i % columns) * width, (i // columns) * height
-        canvas.paste(Image.fromarray(pixels[i]).resize((cell, cell), Image.BICUBIC), (x, y))
-        for box, colour in ((true_boxes[i], 'green'), (predicted_boxes[i], 'red')):
-            cx, cy, w, h = np.clip(np.asarray(box, np.float64), 0, 1) * cell
-            pen.rectangle([x + cx - w / 2, y + cy - h / 2, x + cx + w / 2, y + cy + h / 2],
-                          outline=colour, width=2)
-        lines = textwrap.wrap(phrase, 21)[:2]
-        pen.multiline_text((x, y + cell + 2), '\n'.join(lines), fill='black')
-        pen.text((x, y + cell + 28), f'IoU {iou[i]:.2f}',
-                 fill='green' if iou[i] >= threshold else 'red')
-    canvas.save(path)
+    rows = []
+    for pixels, phrase, true, predicted, overlap in zip(gallery.to_uint8(images), phrases,
+                                                        true_boxes, predicted_boxes, iou):
+        image = Image.fromarray(pixels).resize((size, size), Image.BICUBIC)
+        pen = ImageDraw.Draw(image)
+        for box, colour in ((true, 'green'), (predicted, 'red')):
+            cx, cy, w, h = np.clip(np.asarray(box, np.float64), 0, 1) * size
+            pen.rectangle([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], outline=colour,
+                          width=2)
+        rows.append([gallery.Thumb(np.asarray(image)),
+                     gallery.Text(f'{phrase}\nIoU {overlap:.2f}',
+                                  'green' if overlap >= threshold else 'red')])
+    gallery.draw(path, rows, size=size)

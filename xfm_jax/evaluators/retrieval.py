@@ -12,12 +12,10 @@ Metrics (percent): ``itc/{t2i,i2t}_r{1,5,10}`` (ITC alone), ``itm/...`` (after r
 from __future__ import annotations
 
 import os
-import textwrap
 
 import numpy as np
 
-from xfm_jax.data import image_ops
-from xfm_jax.evaluators import batching, data, metrics
+from xfm_jax.evaluators import batching, data, gallery, metrics
 
 KS = (1, 5, 10)
 
@@ -85,36 +83,20 @@ def rank_and_rerank(ctx: batching.EvalContext, item_embedding: np.ndarray,
     return out, t2i_scores
 
 
-def display_pixels(images: np.ndarray) -> np.ndarray:
-    """CLIP-normalised float images [..., 3] -> uint8 pixels for drawing."""
-    pixels = images * np.asarray(image_ops.CLIP_STD) + np.asarray(image_ops.CLIP_MEAN)
-    return np.clip(np.round(pixels * 255), 0, 255).astype(np.uint8)
-
-
 def spread(count: int, num: int) -> np.ndarray:
     """Up to ``num`` indices spread evenly over ``range(count)`` (for galleries)."""
     return np.unique(np.linspace(0, count - 1, num).astype(int))
 
 
 def draw_gallery(path: str, ds: data.EvalSet, t2i_scores: np.ndarray, num_queries: int,
-                 top: int = 5, cell: int = 96) -> None:
+                 top: int = 5) -> None:
     """PNG: one row per text query (``num_queries`` captions spread over the set): the caption,
     then its ``top`` images after re-ranking, the true image framed green, the others red."""
-    from PIL import Image, ImageDraw
-    pixels = display_pixels(ds.images)
-    text_width, pad = 260, 4
-    queries = spread(len(ds.captions), num_queries)
-    rows = len(queries)
-    canvas = Image.new('RGB', (text_width + top * (cell + pad), rows * (cell + pad)), 'white')
-    pen = ImageDraw.Draw(canvas)
-    for row, query in enumerate(queries):
-        y = row * (cell + pad)
-        lines = textwrap.wrap(ds.captions[query], 40)[:7]
-        pen.multiline_text((pad, y + pad), '\n'.join(lines), fill='black')
-        for rank, image in enumerate(np.argsort(-t2i_scores[:, query], kind='stable')[:top]):
-            x = text_width + rank * (cell + pad)
-            thumb = Image.fromarray(pixels[image]).resize((cell - 6, cell - 6), Image.NEAREST)
-            colour = 'green' if image == ds.caption_image[query] else 'red'
-            pen.rectangle([x, y, x + cell - 1, y + cell - 1], fill=colour)
-            canvas.paste(thumb, (x + 3, y + 3))
-    canvas.save(path)
+    pixels = gallery.to_uint8(ds.images)
+    rows = []
+    for query in spread(len(ds.captions), num_queries):
+        ranked = np.argsort(-t2i_scores[:, query], kind='stable')[:top]
+        rows.append([gallery.Text(ds.captions[query])] + [
+            gallery.Thumb(pixels[image], 'green' if image == ds.caption_image[query] else 'red')
+            for image in ranked])
+    gallery.draw(path, rows)
