@@ -42,7 +42,7 @@ class Source:
     """A TFDS dataset: the module that registers its builder, the builder name and config."""
     module: str
     builder: str  # tfds name incl. config, e.g. 'xfm_synthetic/scenes_64'
-    schema: str  # 'image_text' | 'video' | 'text' (builders/schema.py)
+    schema: str  # 'image_text' | 'image_pair' | 'video' | 'text' (builders/schema.py)
     qa: bool = False  # has question-answer pairs (synthetic scenes, easy-VQA)
     regions: bool = False  # has boxed phrases (feeds the region stream)
     kwargs: tuple = ()  # builder constructor kwargs as sorted (name, value) pairs
@@ -67,8 +67,9 @@ SOURCES = {
 }
 
 # Streams each schema can feed; 'vqa_image_text' reads question-answer pairs as captions.
+# Image pairs (NLVR2) feed no pre-training stream, only fine-tuning (finetuning/nlvr.py).
 _SCHEMA_STREAMS = {'image_text': ('image_text', 'image'), 'video': ('video',),
-                   'text': ('text',)}
+                   'text': ('text',), 'image_pair': ()}
 
 
 def sources(config=None) -> dict[str, Source]:
@@ -83,7 +84,8 @@ def sources(config=None) -> dict[str, Source]:
                              f"{sorted(user_builder.FORMATS)}, got {fields.get('format')!r}.")
         user[name] = Source(user_builder.__name__, 'xfm_user',
                             user_builder.FORMATS[fields['format']],
-                            regions=fields['format'] == 'xvlm_region',
+                            qa=fields['format'] in user_builder.QA_FORMATS,
+                            regions=fields['format'] in user_builder.REGION_FORMATS,
                             kwargs=(('config', user_builder.UserConfig(name=name, **fields)),))
     clash = set(user) & set(SOURCES)
     if clash:

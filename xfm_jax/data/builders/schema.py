@@ -32,6 +32,20 @@ def image_text_features(**extra) -> tfds.features.FeaturesDict:
     })
 
 
+def image_pair_features() -> tfds.features.FeaturesDict:
+    """Two images and one statement about them, true or false (NLVR2); ``*_key`` name the
+    image files (equal keys: the same image) and ``pair_key`` the record."""
+    return tfds.features.FeaturesDict({
+        'left_image': IMAGE,
+        'right_image': IMAGE,
+        'left_key': tfds.features.Text(),
+        'right_key': tfds.features.Text(),
+        'pair_key': tfds.features.Text(),
+        'sentence': tfds.features.Text(),
+        'label': tfds.features.ClassLabel(names=('false', 'true')),
+    })
+
+
 def video_features() -> tfds.features.FeaturesDict:
     return tfds.features.FeaturesDict({
         'frames': tfds.features.Sequence(IMAGE),

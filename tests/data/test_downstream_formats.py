@@ -1,0 +1,283 @@
+"""Downstream-task formats of ``xfm_user`` (builders/user.py): Karpathy retrieval JSON, VQA v2,
+RefCOCO, image folders, NLVR2. Each test writes tiny files (solid-colour PNGs, so a stored image
+shows which file it came from), builds offline, and checks every field and every drop count
+against values worked out by hand from the files."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+from PIL import Image
+
+from xfm_jax.data.builders import user
+
+COLOURS = {'red': (220, 20, 20), 'green': (20, 200, 20), 'blue': (20, 20, 220),
+           'yellow': (230, 230, 20)}
+
+
+def _png(path, colour, size=(40, 30)):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    Image.new('RGB', size, COLOURS[colour]).save(path, format='PNG')
+
+
+def _colour(image):
+    """The COLOURS name closest to an image's mean pixel (JPEG shifts values a little)."""
+    mean = image.reshape(-1, 3).mean(0)
+    return min(COLOURS, key=lambda c: np.abs(mean - COLOURS[c]).sum())
+
+
+def _build(tmp_path, name, split='train', **fields):
+    config = user.UserConfig(name=name, **fields)
+    tfds.builder('xfm_user', data_dir=str(tmp_path / 'tfds'), config=config).download_and_prepare()
+    reloaded = tfds.builder('xfm_user', data_dir=str(tmp_path / 'tfds'), config=config)
+    examples = list(tfds.as_numpy(reloaded.as_dataset(split)))
+    return examples, dict(reloaded.info.metadata['bad'][split])
+
+
+def _dump(path, data):
+    path.write_text(json.dumps(data))
+    return str(path)
+
+
+def _texts(values):
+    return [v.decode() for v in values]
+
+
+def test_karpathy_groups_captions_by_image(tmp_path):
+    _png(tmp_path / 'val2014/a.png', 'red')
+    _png(tmp_path / 'val2014/b.png', 'blue')
+    train = _dump(tmp_path / 'coco_karpathy_train.json', [
+        {'image': 'val2014/a.png', 'caption': 'first of a', 'image_id': 'coco_1'},
+        {'image': 'val2014/b.png', 'caption': 'only b', 'image_id': 'coco_2'},
+        {'image': 'val2014/a.png', 'caption': 'second of a', 'image_id': 'coco_1'},
+        {'image': 'val2014/a.png', 'caption': '  ', 'image_id': 'coco_1'},
+        {'image': 'val2014/missing.png', 'caption': 'gone'},
+        {'caption': 'no image key'},
+    ])
+    test = _dump(tmp_path / 'coco_karpathy_test.json', [
+        {'image': 'val2014/b.png', 'caption': ['b one', 'b two', 'b three']},
+        {'image': 'val2014/a.png', 'caption': ['a one', 'x' * 1001]},
+    ])
+    fields = dict(format='karpathy', path=train, validation_path=test)
+    examples, counts = _build(tmp_path, 'karpathy', **fields)
+    by_key = {ex['image_key'].decode(): ex for ex in examples}
+    assert set(by_key) == {'val2014/a.png', 'val2014/b.png'}  # one example per image
+    assert _texts(by_key['val2014/a.png']['captions']) == ['first of a', 'second of a']
+    assert _texts(by_key['val2014/b.png']['captions']) == ['only b']
+    assert _colour(by_key['val2014/a.png']['image']) == 'red'
+    assert by_key['val2014/b.png']['image'].shape == (30, 40, 3)
+    # The blank caption; the missing file; the record without an image.
+    assert counts == {'empty_text': 1, 'missing_file': 1, 'malformed_record': 1}
+    examples, counts = _build(tmp_path, 'karpathy', 'validation', **fields)
+    by_key = {ex['image_key'].decode(): ex for ex in examples}
+    assert _texts(by_key['val2014/b.png']['captions']) == ['b one', 'b two', 'b three']
+    assert _texts(by_key['val2014/a.png']['captions']) == ['a one']
+    assert _colour(by_key['val2014/b.png']['image']) == 'blue'
+    assert counts == {'long_text': 1}
+
+
+def _vqa_files(tmp_path):
+    for image_id, colour in ((1, 'red'), (2, 'green')):  # PNG bytes under COCO's .jpg names
+        _png(tmp_path / f'coco/val2014/COCO_val2014_{image_id:012d}.jpg', colour)
+    questions = _dump(tmp_path / 'v2_OpenEnded_mscoco_val2014_questions.json', {
+        'data_subtype': 'val2014', 'questions': [
+            {'image_id': 1, 'question': 'What colour is it?', 'question_id': 10},
+            {'image_id': 2, 'question': 'How many shapes?', 'question_id': 20},
+            {'image_id': 1, 'question': 'Is it round?', 'question_id': 11},
+            {'image_id': 1, 'question': 'Unanswered?', 'question_id': 12},
+            {'image_id': 3, 'question': 'No image file?', 'question_id': 30},
+            {'question': 'no image id', 'question_id': 40},
+        ]})
+    red = ['red'] * 7 + ['dark red'] * 2 + ['maroon']
+    tie = ['3', 'two', 'two', 'three', 'two', 'three', 'three', '2', 'two', 'three']
+    annotations = _dump(tmp_path / 'v2_mscoco_val2014_annotations.json', {'annotations': [
+        {'question_id': 10, 'multiple_choice_answer': 'red',
+         'answers': [{'answer': a, 'answer_id': i + 1} for i, a in enumerate(red)]},
+        # No majority given: the commonest human answer, ties ('two' 4, 'three' 4) by first
+        # appearance -> 'two'.
+        {'question_id': 20, 'answers': [{'answer': a} for a in tie]},
+        {'question_id': 11, 'multiple_choice_answer': 'yes',
+         'answers': [{'answer': 'yes'}] * 10},
+        {'question_id': 30, 'multiple_choice_answer': 'no', 'answers': [{'answer': 'no'}] * 10},
+        {'multiple_choice_answer': 'orphan'},
+    ]})
+    return questions, annotations, red, tie
+
+
+def test_vqa_v2_questions_answers_and_images(tmp_path):
+    questions, annotations, red, tie = _vqa_files(tmp_path)
+    examples, counts = _build(tmp_path, 'vqa', format='vqa_v2', path=questions,
+                              annotations_path=annotations, image_root=str(tmp_path / 'coco'))
+    by_key = {ex['image_key'].decode(): ex for ex in examples}
+    assert set(by_key) == {'val2014/COCO_val2014_000000000001.jpg',
+                           'val2014/COCO_val2014_000000000002.jpg'}
+    one = by_key['val2014/COCO_val2014_000000000001.jpg']
+    assert _colour(one['image']) == 'red'
+    assert _texts(one['qa']['question']) == ['What colour is it?', 'Is it round?']
+    assert _texts(one['qa']['answer']) == ['red', 'yes']
+    # Per question its human answers: a ragged [Q, None] string tensor.
+    assert [_texts(a) for a in one['qa']['answers'].to_list()] == [red, ['yes'] * 10]
+    assert list(one['qa']['question_id']) == [10, 11]
+    assert len(one['captions']) == 0 and one['objects']['bbox'].shape == (0, 4)
+    two = by_key['val2014/COCO_val2014_000000000002.jpg']
+    assert _colour(two['image']) == 'green'
+    assert _texts(two['qa']['answer']) == ['two']
+    assert [_texts(a) for a in two['qa']['answers'].to_list()] == [tie]
+    # What VQA's soft score needs is stored: min(1, humans who said it / 3) for a few answers.
+    stored = _texts(one['qa']['answers'].to_list()[0])
+    assert [min(1.0, stored.count(a) / 3) for a in ('red', 'dark red', 'maroon', 'blue')] == \
+        [1.0, 2 / 3, 1 / 3, 0.0]
+    # Question 12 is not annotated; image 3 has no file; one question and one annotation have
+    # no ids.
+    assert counts == {'no_answer': 1, 'missing_file': 1, 'malformed_record': 2}
+
+
+def test_vqa_v2_test_split_without_answers_and_a_custom_pattern(tmp_path):
+    _png(tmp_path / 'images/img_7.png', 'blue')
+    questions = _dump(tmp_path / 'questions.json', {'questions': [
+        {'image_id': 7, 'question': 'What is it?', 'question_id': 70}]})
+    examples, counts = _build(tmp_path, 'vqa_test', format='vqa_v2', path=questions,
+                              image_pattern='images/img_{image_id}.png')
+    assert len(examples) == 1 and counts == {}
+    qa = examples[0]['qa']
+    assert _texts(qa['question']) == ['What is it?'] and _texts(qa['answer']) == ['']
+    assert qa['answers'].to_list() == [[]] and list(qa['question_id']) == [70]
+    assert _colour(examples[0]['image']) == 'blue'
+    # The default pattern needs the questions file's data_subtype: an error naming the file.
+    with pytest.raises(ValueError, match='questions.json has no "data_subtype"'):
+        _build(tmp_path, 'vqa_no_subtype', format='vqa_v2', path=questions)
+
+
+def test_vqa_v2_is_read_by_the_vqa_finetuning_reader(tmp_path):
+    from configs.finetune import vqa as vqa_config
+    from xfm_jax.finetuning import vqa
+    questions, annotations, _, _ = _vqa_files(tmp_path)
+    config = vqa_config.get_config('tiny')
+    config.data.tfds_data_dir = str(tmp_path / 'tfds')
+    config.data.user_sources = {'my_vqa': {
+        'format': 'vqa_v2', 'path': questions, 'annotations_path': annotations,
+        'image_root': str(tmp_path / 'coco')}}
+    config.task.source = 'my_vqa'
+    images, image_index, texts, answers = vqa.read_questions(config, 'train', 0)
+    assert images.shape[0] == 2 and list(image_index) == [0, 0, 1]
+    assert texts == ['What colour is it?', 'Is it round?', 'How many shapes?']
+    assert answers == ['red', 'yes', 'two']
+
+
+def test_refcoco_expressions_become_boxed_phrases(tmp_path):
+    _png(tmp_path / 'train2014/a.png', 'red')  # 40 x 30
+    _png(tmp_path / 'train2014/b.png', 'blue')
+    refs = _dump(tmp_path / 'refcoco+_train.json', [
+        {'image': 'train2014/a.png', 'text': 'left red thing', 'bbox': [0, 0, 10, 8],
+         'ref_id': 1},
+        # Partly outside (y 10..50 in a 30 px image): clipped to h 20.
+        {'image': 'train2014/a.png', 'sentences': ['the blue one', {'sent': 'blue box'}],
+         'bbox': [20, 10, 12, 40], 'ref_id': 2},
+        {'image': 'train2014/a.png', 'text': 'three numbers', 'bbox': [1, 2, 3], 'ref_id': 3},
+        {'image': 'train2014/b.png', 'text': ' ', 'bbox': [0, 0, 5, 5], 'ref_id': 4},
+    ])
+    examples, counts = _build(tmp_path, 'refcoco', format='refcoco', path=refs)
+    assert len(examples) == 1
+    ex = examples[0]
+    assert ex['image_key'].decode() == 'train2014/a.png' and _colour(ex['image']) == 'red'
+    assert _texts(ex['objects']['phrase']) == ['left red thing', 'the blue one', 'blue box']
+    np.testing.assert_allclose(ex['objects']['bbox'], [[0, 0, 10, 8], [20, 10, 12, 20],
+                                                       [20, 10, 12, 20]])
+    assert len(ex['captions']) == 0
+    # ref 3's box; ref 4's blank text, after which image b has no box left.
+    assert counts == {'bad_box': 1, 'empty_text': 1, 'no_boxes': 1}
+
+
+def test_image_folder_labels_and_captions(tmp_path):
+    for path, colour in (('train/cat/1.png', 'red'), ('train/cat/2.png', 'green'),
+                         ('train/dog_house/3.png', 'blue'), ('val/cat/4.png', 'yellow'),
+                         ('val/zebra/5.png', 'red')):
+        _png(tmp_path / path, colour)
+    (tmp_path / 'train/cat/notes.txt').write_text('not an image')
+    (tmp_path / 'train/cat/.DS_Store').write_bytes(b'hidden')
+    _png(tmp_path / 'train/stray.png', 'red')
+    fields = dict(format='image_folder', path=str(tmp_path / 'train'),
+                  validation_path=str(tmp_path / 'val'))
+    examples, counts = _build(tmp_path, 'folders', **fields)
+    got = sorted((ex['image_key'].decode(), int(ex['label']), _texts(ex['captions']),
+                  _colour(ex['image'])) for ex in examples)
+    assert got == [('cat/1.png', 0, ['cat'], 'red'), ('cat/2.png', 0, ['cat'], 'green'),
+                   ('dog_house/3.png', 1, ['dog house'], 'blue')]
+    assert counts == {'not_an_image': 1, 'no_class': 1}
+    examples, counts = _build(tmp_path, 'folders', 'validation', **fields)
+    assert [(int(ex['label']), _colour(ex['image'])) for ex in examples] == [(0, 'yellow')]
+    assert counts == {'unknown_class': 1}  # zebra is no training class
+    builder = tfds.builder('xfm_user', data_dir=str(tmp_path / 'tfds'),
+                           config=user.UserConfig(name='folders', **fields))
+    assert builder.info.features['label'].names == ['cat', 'dog_house']
+
+
+def test_nlvr2_official_layout_and_explicit_images(tmp_path):
+    root = tmp_path / 'images'
+    _png(root / 'train/12/train-5-0-img0.png', 'red')
+    _png(root / 'train/12/train-5-0-img1.png', 'green')
+    _png(root / 'dev-3-1-img0.png', 'blue')
+    _png(root / 'dev-3-1-img1.png', 'yellow')
+    records = [
+        {'identifier': 'train-5-0-0', 'directory': 12, 'sentence': 'The left is red.',
+         'label': 'True'},
+        {'identifier': 'train-5-0-1', 'directory': 12, 'sentence': 'Both are blue.',
+         'label': 'False'},
+        {'identifier': 'dev-3-1-2', 'sentence': 'A flat file pair.', 'label': 'true'},
+        {'identifier': 'x-1', 'sentence': 'Explicit paths.', 'label': False,
+         'images': ['dev-3-1-img1.png', 'train/12/train-5-0-img0.png']},
+        {'identifier': 'train-9-0-0', 'sentence': 'No such images.', 'label': 'True'},
+        {'identifier': 'train-5-0-3', 'directory': 12, 'sentence': 'Odd label.',
+         'label': 'maybe'},
+        {'identifier': 'train-5-0-4', 'directory': 12, 'sentence': '', 'label': 'True'},
+        {'identifier': 'x-2', 'sentence': 'One image.', 'label': 'True', 'images': ['a.png']},
+    ]
+    path = tmp_path / 'train.json'
+    path.write_text('\n'.join(json.dumps(r) for r in records))  # JSONL
+    examples, counts = _build(tmp_path, 'nlvr2', format='nlvr2', path=str(path),
+                              image_root=str(root))
+    got = [(ex['pair_key'].decode(), ex['sentence'].decode(), int(ex['label']),
+            _colour(ex['left_image']), _colour(ex['right_image']), ex['left_key'].decode(),
+            ex['right_key'].decode()) for ex in examples]
+    assert sorted(got) == sorted([
+        ('train-5-0-0', 'The left is red.', 1, 'red', 'green', 'train/12/train-5-0-img0.png',
+         'train/12/train-5-0-img1.png'),
+        ('train-5-0-1', 'Both are blue.', 0, 'red', 'green', 'train/12/train-5-0-img0.png',
+         'train/12/train-5-0-img1.png'),
+        ('dev-3-1-2', 'A flat file pair.', 1, 'blue', 'yellow', 'dev-3-1-img0.png',
+         'dev-3-1-img1.png'),
+        ('x-1', 'Explicit paths.', 0, 'yellow', 'red', 'dev-3-1-img1.png',
+         'train/12/train-5-0-img0.png'),
+    ])
+    assert counts == {'missing_file': 1, 'bad_label': 1, 'empty_text': 1, 'no_text': 1,
+                      'malformed_record': 1}
+
+
+def test_bad_files_are_errors_naming_the_file(tmp_path):
+    (tmp_path / 'broken.json').write_text('[{"image": "a.png", "caption": "x"},')
+    with pytest.raises(ValueError, match='broken.json starts with "\\[" but is not'):
+        _build(tmp_path, 'broken', format='karpathy', path=str(tmp_path / 'broken.json'))
+    with pytest.raises(FileNotFoundError, match='nowhere.json'):
+        _build(tmp_path, 'nowhere', format='refcoco', path=str(tmp_path / 'nowhere.json'))
+    questions = _dump(tmp_path / 'q.json', {'data_subtype': 'val2014', 'items': []})
+    with pytest.raises(ValueError, match="q.json has no list 'questions'"):
+        _build(tmp_path, 'no_questions', format='vqa_v2', path=questions)
+    with pytest.raises(FileNotFoundError, match='annotations_path'):
+        _build(tmp_path, 'no_annotations', format='vqa_v2',
+               path=_dump(tmp_path / 'q2.json', {'data_subtype': 'x', 'questions': []}),
+               annotations_path=str(tmp_path / 'absent.json'))
+    with pytest.raises(FileNotFoundError, match='is not a folder'):
+        _build(tmp_path, 'no_folder', format='image_folder', path=str(tmp_path / 'absent'))
+
+
+def test_user_formats_name_their_tasks():
+    from xfm_jax.data import tasks
+    config = {'user_sources': {
+        'vqa': {'format': 'vqa_v2'}, 'refs': {'format': 'refcoco'},
+        'pairs': {'format': 'nlvr2'}, 'ret': {'format': 'karpathy'}}}
+    names = set(tasks.task_names(config))
+    assert {'vqa_vqa_image_text', 'refs_region', 'ret_image_text', 'ret_image'} <= names
+    assert not any(n.startswith('pairs_') for n in names)  # image pairs: fine-tuning only
+    assert tasks.sources(config)['pairs'].schema == 'image_pair'
