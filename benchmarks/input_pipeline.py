@@ -5,6 +5,11 @@ r"""Input-pipeline throughput: examples/s per stream (and per CPU core) at 224 p
 Uses the 'synthetic' data preset (xfm_synthetic/scenes_224: 256 px JPEGs; built on first run)
 with RandomResizedCrop + flip + RandAugment(2, 7) + CLIP normalisation, tokenisation, MLM and
 MIM masks. Target: >= 250 image-text examples/s per core. Streams are timed one at a time.
+
+Two per-core figures: wall-clock examples/s divided by the cores (what a dedicated machine
+gives), and examples per CPU-second this process used (all threads; barely moved by other
+programs competing for the cores, so comparable across runs on a shared machine). The load
+average printed with them says how busy the machine was.
 """
 
 from __future__ import annotations
@@ -36,14 +41,16 @@ def main() -> None:
         streams = pipeline.make_streams(single, seed=0)
         for _ in range(3):  # warm-up: graph tracing, first shuffle-buffer fill
             next(streams)
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         for _ in range(args.batches):
             next(streams)
-        seconds = time.perf_counter() - start
+        seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
         streams.close()
-        rate = args.batches * args.batch_size / seconds
+        examples = args.batches * args.batch_size
+        rate = examples / seconds
         print(f'{stream:>10}: {rate:8.1f} examples/s  = {rate / cores:7.1f} per core '
-              f'({cores} cores, 224 px)', flush=True)
+              f'({cores} cores, 224 px); {examples / cpu_seconds:7.1f} per CPU-second; '
+              f'load average {os.getloadavg()[0]:.1f}', flush=True)
 
 
 if __name__ == '__main__':

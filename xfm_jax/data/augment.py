@@ -130,32 +130,36 @@ def text_fields(ids: np.ndarray, rng: np.random.Generator, mlm, specials: Specia
             'mlm_targets': ids, 'mlm_weights': weights}
 
 
+# Fields ``tf_augment`` already produces in their final form: taken from the tf.data batch as is
+# (no per-example copy of the images in Python).
+PASSTHROUGH = {
+    'text': (),
+    'image': ('image',),
+    'image_text': ('image', 'image_id'),
+    'region': ('image', 'image_id', 'box_valid', 'text_valid'),
+    'video': ('frames', 'video_id'),
+}
+
+
 def finalize(stream: str, ex: dict, rng: np.random.Generator, config,
              specials: SpecialIds) -> dict[str, np.ndarray]:
-    """Numpy stage: one augmented record -> one example of the batch contract."""
+    """Numpy stage: one augmented record -> the example's remaining contract fields (all but
+    ``PASSTHROUGH[stream]``)."""
     stream_config = config.streams[stream]
     vocab_size = config.vocab.vocab_size
     grid = config.image_size // config.patch_size
     out = {}
     if stream in ('image', 'image_text'):
-        out['image'] = ex['image']
         out['mim_mask'] = masking.block_mim_mask(rng, grid=grid, num_masked=config.mim.num_masked,
                                                  min_block=config.mim.min_block)
     if stream in ('text', 'image_text', 'video'):
         out.update(text_fields(ex['text_ids'], rng, stream_config.mlm, specials, vocab_size))
-    if stream == 'image_text':
-        out['image_id'] = ex['image_id']
-    elif stream == 'video':
-        out['frames'], out['video_id'] = ex['frames'], ex['video_id']
-    elif stream == 'region':
+    if stream == 'region':
         rows = [text_fields(ids, rng, stream_config.mlm, specials, vocab_size, bool(valid))
                 for ids, valid in zip(ex['region_ids'], ex['text_valid'])]
         out = {name: np.stack([r[name] for r in rows]) for name in rows[0]}
         out.update(
-            image=ex['image'], image_id=ex['image_id'],
             patch_mask=masking.box_patch_mask(ex['box_pixels'], image_size=config.image_size,
                                               patch_size=config.patch_size),
-            box=masking.box_to_cxcywh(ex['box_pixels'], config.image_size),
-            box_valid=ex['box_valid'].astype(np.float32),
-            text_valid=ex['text_valid'].astype(np.float32))
+            box=masking.box_to_cxcywh(ex['box_pixels'], config.image_size))
     return out

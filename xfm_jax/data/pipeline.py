@@ -33,10 +33,17 @@ _LOG_FIRST = 5  # bad records logged in full per stream; the rest are only count
 
 
 class _StreamReader:
-    """One stream on one host: mixture -> enumerate -> skip -> tf augment -> numpy finalize."""
+    """One stream on one host: mixture -> enumerate -> skip -> tf augment -> tf batch -> numpy
+    finalize per row.
+
+    tf.data batches the augmented records (the images are stacked in C++, and Python handles one
+    structure per batch rather than per example); rows flagged ``skip`` are dropped here, so a
+    batch of ``batch_size`` rows may take rows of the next tf.data batch, whose rest waits in
+    ``_pending``. ``consumed`` counts records up to the last row handed out.
+    """
 
     def __init__(self, stream, config, mixture, *, seed, process_index, process_count, consumed,
-                 split, specials):
+                 split, specials, batch_size):
         self.stream, self.config, self.specials = stream, config, specials
         # A 62-bit seed per (run seed, stream, host): stateless TF ops need int64 seeds.
         self.stream_seed = int(np.random.SeedSequence(
@@ -52,8 +59,9 @@ class _StreamReader:
         ds = ds.map(lambda i, ex: augment_fn(i, tf.stack([base, i]), ex),
                     num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         # Records whose decoding fails (corrupt bytes) vanish here; the index gap counts them.
-        ds = ds.ignore_errors().prefetch(tf.data.AUTOTUNE)
-        self._records = ds.as_numpy_iterator()
+        ds = ds.ignore_errors().batch(batch_size).prefetch(tf.data.AUTOTUNE)
+        self._batches = ds.as_numpy_iterator()
+        self._pending, self._row = None, 0  # the current tf.data batch and its next row
         self.consumed = consumed
         self.bad: collections.Counter = collections.Counter()
         self._logged = 0
@@ -65,21 +73,46 @@ class _StreamReader:
                             self.stream, detail)
         self.bad[reason] += count
 
-    def next_batch(self, size: int) -> dict[str, np.ndarray]:
-        rows = []
-        while len(rows) < size:
-            ex = next(self._records)
-            index = int(ex['index'])
+    def _take(self, wanted: int) -> tuple[dict[str, np.ndarray], list[int]]:
+        """Up to ``wanted`` usable rows of the pending tf.data batch: (batch, row numbers)."""
+        if self._pending is None or self._row == len(self._pending['index']):
+            self._pending, self._row = next(self._batches), 0
+        batch, used = self._pending, []
+        while self._row < len(batch['index']) and len(used) < wanted:
+            row = self._row
+            self._row += 1
+            index = int(batch['index'][row])
             if index > self.consumed:
                 self._report('undecodable', index - self.consumed,
                              f'records {self.consumed}..{index - 1} failed to decode')
             self.consumed = index + 1
-            if ex['skip']:
-                self._report(tasks.SKIP_REASONS[ex['skip']], 1, ex['source'].decode())
+            if batch['skip'][row]:
+                self._report(tasks.SKIP_REASONS[batch['skip'][row]], 1,
+                             batch['source'][row].decode())
                 continue
-            rng = np.random.default_rng([self.stream_seed, index])
-            rows.append(augment.finalize(self.stream, ex, rng, self.config, self.specials))
-        return {name: np.stack([r[name] for r in rows]) for name in rows[0]}
+            used.append(row)
+        return batch, used
+
+    def next_batch(self, size: int) -> dict[str, np.ndarray]:
+        parts = []
+        while sum(len(used) for _, used in parts) < size:
+            parts.append(self._take(size - sum(len(used) for _, used in parts)))
+        columns = collections.defaultdict(list)
+        for batch, used in parts:
+            if not used:
+                continue
+            # Contiguous rows are a view of the tf.data batch; skipped rows cost one copy.
+            rows = slice(used[0], used[-1] + 1) if used[-1] - used[0] + 1 == len(used) else used
+            for field in augment.PASSTHROUGH[self.stream]:
+                columns[field].append(batch[field][rows])
+            for row in used:
+                ex = {field: value[row] for field, value in batch.items()}
+                rng = np.random.default_rng([self.stream_seed, int(ex['index'])])
+                for field, value in augment.finalize(self.stream, ex, rng, self.config,
+                                                     self.specials).items():
+                    columns[field].append(value[None])
+        return {field: values[0] if len(values) == 1 else np.concatenate(values)
+                for field, values in columns.items()}
 
 
 class Streams(Iterator):
@@ -107,7 +140,7 @@ class Streams(Iterator):
             stream: _StreamReader(stream, config, mixture, seed=seed,
                                   process_index=process_index, process_count=process_count,
                                   consumed=consumed.get(stream, 0), split=split,
-                                  specials=specials)
+                                  specials=specials, batch_size=self._local_batch[stream])
             for stream, mixture in mixtures.items()}
         for stream, reader in self._readers.items():
             # Records the builders dropped count from the start; a saved state already holds them.
