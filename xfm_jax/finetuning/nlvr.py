@@ -2,12 +2,18 @@
 image is fused with the statement separately; the two fusion [CLS] outputs are concatenated
 [B, 2D] -> MLP -> 2 classes (false, true).
 
-Data: pairs built from an image-text source whose first caption lists the objects of its image
-joined by ' and ' (synthetic scenes: "a large red circle and a small blue square"; easy-VQA: "a
-blue circle"). Pair i takes an image A and a different image B in a random order and one object
-X of A; the statement "the {left|right} image shows X" is about A's side or B's side with equal
-probability, and true when the image on that side has X (B rarely does). ``task.pairs_per_image``
-pairs per image, drawn from ``np.random.default_rng((seed, split))``: identical on every machine.
+Data (``config.task.source``), either of:
+
+* a user ``nlvr2`` source (``data.user_sources``, builders/user.py: NLVR2's JSON(L) and image
+  files): its statements, images and labels as they are; ``max_examples`` counts statements.
+* an image-text source whose first caption lists the objects of its image joined by ' and '
+  (synthetic scenes: "a large red circle and a small blue square"; easy-VQA: "a blue circle"),
+  from which pairs are made: pair i takes an image A and a different image B in a random order
+  and one object X of A; the statement "the {left|right} image shows X" is about A's side or B's
+  side with equal probability, and true when the image on that side has X (B rarely does).
+  ``task.pairs_per_image`` pairs per image, drawn from ``np.random.default_rng((seed, split))``:
+  identical on every machine; ``max_examples`` counts images.
+
 Metrics: ``accuracy``, ``chance/accuracy`` (the commonest training label).
 """
 
@@ -85,7 +91,69 @@ def make_pairs(objects: list[list[str]], num_pairs: int, rng: np.random.Generato
 
 
 def read(config, split: str, max_examples: int) -> common.Examples:
-    """``max_examples`` counts images; pairs are ``task.pairs_per_image`` times as many."""
+    """A user NLVR2 source's statements, or pairs made from an image-text source (module
+    docstring)."""
+    from xfm_jax.data import tasks
+    source = tasks.sources(config.data).get(config.task.source)
+    if source is not None and source.schema == 'image_pair':
+        return read_pairs(config, source, split, max_examples)
+    return make_examples(config, split, max_examples)
+
+
+def read_pairs(config, source, split: str, max_examples: int) -> common.Examples:
+    """The first ``max_examples`` (0: all) statements of an image-pair source's split, in stored
+    order; an image shared by several statements (same key) is decoded and held once."""
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+
+    from xfm_jax.data import image_ops, tasks
+    builder = tasks.load_builder(source, config.data.tfds_data_dir)
+    if split not in builder.info.splits:
+        raise ValueError(f'{builder.name} has no split {split!r}; it has '
+                         f'{sorted(builder.info.splits)}.')
+    size = config.model.vision.image_size
+    sides = ('left', 'right')
+
+    def prepare(ex):
+        out = {'sentence': ex['sentence'], 'label': ex['label']}
+        for side in sides:
+            out[f'{side}_key'] = ex[f'{side}_key']
+            out[f'{side}_image'] = image_ops.normalize(
+                image_ops.resize(image_ops.decode_rgb(ex[f'{side}_image']), size))
+        return out
+
+    skip = tfds.decode.SkipDecoding()  # decoded by prepare, in parallel
+    ds = builder.as_dataset(split=split, shuffle_files=False,
+                            decoders={f'{side}_image': skip for side in sides})
+    if max_examples:
+        ds = ds.take(max_examples)
+    ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    images, image_index = [], {}
+    index = {side: [] for side in sides}
+    statements, labels = [], []
+    for ex in ds.as_numpy_iterator():
+        for side in sides:
+            key = ex[f'{side}_key'].decode('utf-8')
+            if key not in image_index:
+                image_index[key] = len(images)
+                images.append(ex[f'{side}_image'])
+            index[side].append(image_index[key])
+        statements.append(ex['sentence'].decode('utf-8'))
+        labels.append(ex['label'])
+    if not statements:
+        raise ValueError(f'{builder.name} split {split!r} has no statements.')
+    tokenizer = common.tokenizer(config)
+    ids = tokenizer(statements)
+    return common.Examples(
+        rows={'left_index': np.asarray(index['left'], np.int32),
+              'right_index': np.asarray(index['right'], np.int32), 'input_ids': ids,
+              'attention_mask': tokenizer.mask(ids), 'label': np.asarray(labels, np.int32)},
+        images=np.stack(images).astype(np.float32), label_names=LABELS)
+
+
+def make_examples(config, split: str, max_examples: int) -> common.Examples:
+    """Pairs made from an image-text source; ``max_examples`` counts images, pairs are
+    ``task.pairs_per_image`` times as many."""
     images = common.read_image_set(config, config.task.source, split, max_examples)
     first = {}
     for caption, image in zip(images.captions, images.caption_image):
