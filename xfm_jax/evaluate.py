@@ -6,6 +6,9 @@ r"""Evaluation program: restore parameters only, run the configured evaluators, 
         # one Orbax step directory
     python -m xfm_jax.evaluate --config=... --workdir=OUT --checkpoint=CONVERTED
         # an output of `python -m xfm_jax.convert` (its model_config.json defines the model)
+    python -m xfm_jax.evaluate --config=... --workdir=OUT --random_init
+        # no checkpoint: the model as initialised with config.train.seed (the baseline that
+        # shows what pre-training adds)
 
 Only the parameters are read (no optimizer state), onto the current mesh, whatever device count
 wrote them. Evaluators come from ``config.evaluate`` (``xfm_jax.evaluators.evaluate_config``
@@ -29,7 +32,7 @@ from ml_collections import config_flags
 from xfm_jax import partitioning
 from xfm_jax import evaluators
 from xfm_jax.evaluators import batching
-from xfm_jax.models.model import abstract_variables, build_model
+from xfm_jax.models.model import abstract_variables, build_model, init_variables
 
 CONVERTED_CONFIG = 'model_config.json'  # xfm_jax.convert's output: DIR/params + this file
 
@@ -147,10 +150,43 @@ def write_results(workdir: str, step: int, checkpoint: str, results: dict[str, f
     return path
 
 
+def random_params(model, mesh, rules, seed: int):
+    """Freshly initialised params (``init_variables`` with ``jax.random.key(seed)``, as training
+    starts), created directly in their shardings."""
+    _, shardings = param_shardings(model, mesh, rules)
+    init = jax.jit(lambda rng: nn.unbox(init_variables(model, rng)['params']),
+                   out_shardings=shardings)
+    return init(jax.random.key(seed))
+
+
 def evaluate(config, workdir: str, checkpoint: str | None = None,
-             devices: list[jax.Device] | None = None) -> dict[str, float]:
+             devices: list[jax.Device] | None = None,
+             random_init: bool = False) -> dict[str, float]:
     """Restores the parameters (see :func:`locate`) onto a mesh over ``devices`` (default: all),
-    runs the evaluators, writes the results."""
+    runs the evaluators, writes the results. ``random_init``: no checkpoint, the model
+    initialised with ``config.train.seed`` instead (results as step 0)."""
+    if random_init:
+        if checkpoint:
+            raise ValueError('Pass either --checkpoint or --random_init, not both.')
+        mesh = partitioning.make_mesh(config.partitioning.mesh, devices)
+        rules = partitioning.get_rules(config.partitioning.rules)
+        seed = int(config.train.seed) if 'train' in config else 0
+        params = random_params(build_model(config.model), mesh, rules, seed)
+        directory, step = f'random initialisation (seed {seed})', 0
+    else:
+        config, directory, step, params, mesh, rules = _restore(config, workdir, checkpoint,
+                                                                devices)
+    os.makedirs(workdir, exist_ok=True)  # evaluators write their galleries there
+    results = run_evaluators(config, params, mesh, rules, workdir=workdir, step=step)
+    path = write_results(workdir, step, directory, results)
+    print(f'Evaluation of {directory} (step {step}):\n{format_table(results)}\n'
+          f'Metrics: {path}')
+    return results
+
+
+def _restore(config, workdir, checkpoint, devices):
+    """(config, with a converted checkpoint's model; Orbax directory; step; params; mesh;
+    rules)."""
     directory, step, converted_model = locate(workdir, checkpoint)
     if converted_model is not None:
         config = ml_collections.ConfigDict(config.to_dict())  # unlocked copy
@@ -162,17 +198,13 @@ def evaluate(config, workdir: str, checkpoint: str | None = None,
     params = restore_params(directory, abstract, shardings)
     logging.info('restored params of step %d from %s onto mesh %s', step, directory,
                  dict(mesh.shape))
-    os.makedirs(workdir, exist_ok=True)  # evaluators write their galleries there
-    results = run_evaluators(config, params, mesh, rules, workdir=workdir, step=step)
-    path = write_results(workdir, step, directory, results)
-    print(f'Evaluation of {directory} (step {step}):\n{format_table(results)}\n'
-          f'Metrics: {path}')
-    return results
+    return config, directory, step, params, mesh, rules
 
 
 def main(argv):
     del argv
-    evaluate(flags.FLAGS.config, flags.FLAGS.workdir, flags.FLAGS.checkpoint)
+    evaluate(flags.FLAGS.config, flags.FLAGS.workdir, flags.FLAGS.checkpoint,
+             random_init=flags.FLAGS.random_init)
 
 
 if __name__ == '__main__':
@@ -183,5 +215,7 @@ if __name__ == '__main__':
                         'checkpoint of WORKDIR/checkpoints is evaluated.')
     flags.DEFINE_string('checkpoint', None, 'An Orbax step directory of a training run, or a '
                         'converted checkpoint directory.')
+    flags.DEFINE_bool('random_init', False, 'Evaluate the model as initialised with '
+                      'config.train.seed instead of a checkpoint (the baseline).')
     flags.mark_flags_as_required(['config', 'workdir'])
     app.run(main)

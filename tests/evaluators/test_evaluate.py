@@ -4,6 +4,7 @@ mesh, its params alone restored onto 1 device, evaluators run, metrics written."
 import json
 import os
 
+import flax.linen as nn
 import jax
 import numpy as np
 import pytest
@@ -99,3 +100,18 @@ def test_mismatched_model_and_bad_paths_are_named(eval_config, saved, tmp_path):
         evaluate.locate(None, str(tmp_path))
     with pytest.raises(FileNotFoundError, match='No complete checkpoint'):
         evaluate.locate(str(tmp_path), None)
+
+
+def test_random_init_is_the_training_initialisation(eval_config):
+    """--random_init evaluates exactly the params a training run with the same seed starts from,
+    sharded over 8 devices; it refuses a checkpoint as well."""
+    config = eval_config.copy_and_resolve_references()
+    model = build_model(config.model)
+    mesh = partitioning.make_mesh({'data': 2, 'fsdp': 2, 'tensor': 2})
+    params = evaluate.random_params(model, mesh, partitioning.get_rules('fsdp_tp'), seed=3)
+    tx, _ = ts.make_optimizer(config)
+    start = jax.jit(lambda r: ts.create_train_state(model, tx, r))(jax.random.key(3))
+    expected = jax.device_get(nn.unbox(start.params))
+    _assert_same(params, expected, mesh)
+    with pytest.raises(ValueError, match='either --checkpoint or --random_init'):
+        evaluate.evaluate(config, '/tmp/unused', checkpoint='/tmp/x', random_init=True)
