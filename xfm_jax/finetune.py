@@ -318,7 +318,8 @@ def finetune(config, workdir: str, init: str | None = None,
     writer.flush()
 
     # ---- save ----------------------------------------------------------------------------------
-    saved = save_params(workdir, config, state.params, mesh, rules, directory)
+    saved = (save_params(workdir, config, state.params, mesh, rules, directory)
+             if config.train.save_params else None)
     out = {'task': settings.name, 'init': directory, 'init_step': init_step, 'steps': total,
            'trainable': config.train.trainable, 'train': history, 'eval': results,
            'params_directory': saved,
@@ -330,8 +331,8 @@ def finetune(config, workdir: str, init: str | None = None,
             json.dump(out, f, indent=2, sort_keys=True)
     origin = f'{directory} (step {init_step})' if directory else 'random initialisation'
     print(f'Fine-tuned {settings.name} for {total} steps from {origin} '
-          f'({config.train.trainable} trained):\n{format_table(results)}\nResults: {path}\n'
-          f'Parameters: {saved}')
+          f'({config.train.trainable} trained):\n{format_table(results)}\nResults: {path}'
+          + (f'\nParameters: {saved}' if saved else ''))
     return {**out, 'params': state.params}
 
 

@@ -52,6 +52,7 @@ def finetune_config(task: str, arg: str, *, source: str, text_len: int,
         seed=0,
         log_every=50 if tiny else 100,
         eval_every=0,  # 0: evaluate at the end only
+        save_params=True,  # the fine-tuned params in workdir/params (finetune.save_params)
     )
     config.optimizer = common.optimizer_config()
     config.optimizer.update(
