@@ -161,12 +161,14 @@ def test_vqa_v2_is_read_by_the_vqa_finetuning_reader(tmp_path):
         'image_root': str(tmp_path / 'coco')}}
     config.task.source = 'my_vqa'
     images, image_index, texts, answers = vqa.read_questions(config, 'train', 0)
-    assert images.shape[0] == 2 and list(image_index) == [0, 0, 1]
-    assert texts == ['What colour is it?', 'Is it round?', 'How many shapes?']
-    assert answers == ['red', 'yes', 'two']
+    assert images.shape[0] == 2
+    got = {q: (int(i), a) for q, i, a in zip(texts, image_index, answers)}  # stored order
+    assert {q: a for q, (_, a) in got.items()} == {
+        'What colour is it?': 'red', 'Is it round?': 'yes', 'How many shapes?': 'two'}
+    assert got['What colour is it?'][0] == got['Is it round?'][0] != got['How many shapes?'][0]
 
 
-def test_refcoco_expressions_become_boxed_phrases(tmp_path):
+def _refcoco_file(tmp_path):
     _png(tmp_path / 'train2014/a.png', 'red')  # 40 x 30
     _png(tmp_path / 'train2014/b.png', 'blue')
     refs = _dump(tmp_path / 'refcoco+_train.json', [
@@ -178,6 +180,11 @@ def test_refcoco_expressions_become_boxed_phrases(tmp_path):
         {'image': 'train2014/a.png', 'text': 'three numbers', 'bbox': [1, 2, 3], 'ref_id': 3},
         {'image': 'train2014/b.png', 'text': ' ', 'bbox': [0, 0, 5, 5], 'ref_id': 4},
     ])
+    return refs
+
+
+def test_refcoco_expressions_become_boxed_phrases(tmp_path):
+    refs = _refcoco_file(tmp_path)
     examples, counts = _build(tmp_path, 'refcoco', format='refcoco', path=refs)
     assert len(examples) == 1
     ex = examples[0]
@@ -190,7 +197,7 @@ def test_refcoco_expressions_become_boxed_phrases(tmp_path):
     assert counts == {'bad_box': 1, 'empty_text': 1, 'no_boxes': 1}
 
 
-def test_image_folder_labels_and_captions(tmp_path):
+def _folder_fields(tmp_path):
     for path, colour in (('train/cat/1.png', 'red'), ('train/cat/2.png', 'green'),
                          ('train/dog_house/3.png', 'blue'), ('val/cat/4.png', 'yellow'),
                          ('val/zebra/5.png', 'red')):
@@ -200,6 +207,11 @@ def test_image_folder_labels_and_captions(tmp_path):
     _png(tmp_path / 'train/stray.png', 'red')
     fields = dict(format='image_folder', path=str(tmp_path / 'train'),
                   validation_path=str(tmp_path / 'val'))
+    return fields
+
+
+def test_image_folder_labels_and_captions(tmp_path):
+    fields = _folder_fields(tmp_path)
     examples, counts = _build(tmp_path, 'folders', **fields)
     got = sorted((ex['image_key'].decode(), int(ex['label']), _texts(ex['captions']),
                   _colour(ex['image'])) for ex in examples)
@@ -212,6 +224,33 @@ def test_image_folder_labels_and_captions(tmp_path):
     builder = tfds.builder('xfm_user', data_dir=str(tmp_path / 'tfds'),
                            config=user.UserConfig(name='folders', **fields))
     assert builder.info.features['label'].names == ['cat', 'dog_house']
+
+
+def test_the_evaluators_read_refcoco_boxes_and_folder_labels(tmp_path):
+    """What grounding (phrases, normalised (cx, cy, w, h) boxes) and the probes / zero-shot
+    classification (labels, class names) read, via evaluators/data.py."""
+    from configs.finetune import image_classification
+    from xfm_jax.evaluators import data as eval_data
+    config = image_classification.get_config('tiny')
+    config.data.tfds_data_dir = str(tmp_path / 'tfds')
+    config.data.vocab.path = str(tmp_path / 'vocab.txt')
+    config.data.user_sources = {
+        'refs': {'format': 'refcoco', 'path': _refcoco_file(tmp_path)},
+        'folders': _folder_fields(tmp_path)}
+    refs = eval_data.load(config, 'refs', 'train')
+    assert refs.phrases == ('left red thing', 'the blue one', 'blue box')
+    np.testing.assert_array_equal(refs.phrase_image, [0, 0, 0])
+    # [0, 0, 10, 8] and [20, 10, 12, 20] (clipped) in a 40 x 30 image.
+    np.testing.assert_allclose(refs.phrase_boxes, [[5 / 40, 4 / 30, 10 / 40, 8 / 30],
+                                                   [26 / 40, 20 / 30, 12 / 40, 20 / 30],
+                                                   [26 / 40, 20 / 30, 12 / 40, 20 / 30]],
+                               rtol=1e-6)
+    folders = eval_data.load(config, 'folders', 'train')
+    assert folders.label_names == ('cat', 'dog_house')
+    assert sorted(folders.labels) == [0, 0, 1]
+    for image, label in enumerate(folders.labels):  # each image's caption is its class name
+        caption = folders.captions[list(folders.caption_image).index(image)]
+        assert caption == folders.label_names[label].replace('_', ' ')
 
 
 def test_nlvr2_official_layout_and_explicit_images(tmp_path):
