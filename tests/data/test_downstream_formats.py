@@ -320,3 +320,35 @@ def test_user_formats_name_their_tasks():
     assert {'vqa_vqa_image_text', 'refs_region', 'ret_image_text', 'ret_image'} <= names
     assert not any(n.startswith('pairs_') for n in names)  # image pairs: fine-tuning only
     assert tasks.sources(config)['pairs'].schema == 'image_pair'
+
+
+def test_vqa_soft_credit_by_hand():
+    from xfm_jax.finetuning import vqa
+    humans = [['red'] * 7 + ['dark red'] * 2 + ['maroon'], ['two', 'three', 'three', '2']]
+    credit = vqa.soft_credit(humans, ('blue', 'dark red', 'maroon', 'red', 'three', 'two'))
+    np.testing.assert_allclose(credit, [[0, 2 / 3, 1 / 3, 1, 0, 0], [0, 0, 0, 0, 2 / 3, 1 / 3]],
+                               rtol=1e-6)
+
+
+def test_vqa_v2_evaluation_rows_carry_the_soft_credit(tmp_path):
+    """Evaluation splits of a VQA v2 source are scored with min(1, humans / 3) per candidate;
+    training keeps only the majority answer; one-answer sources keep one-hot scoring."""
+    from configs.finetune import vqa as vqa_config
+    from xfm_jax.finetuning import vqa
+    questions, annotations, red, tie = _vqa_files(tmp_path)
+    config = vqa_config.get_config('tiny')
+    config.data.tfds_data_dir = str(tmp_path / 'tfds')
+    config.data.user_sources = {'my_vqa': {
+        'format': 'vqa_v2', 'path': questions, 'annotations_path': annotations,
+        'validation_path': questions, 'validation_annotations_path': annotations,
+        'image_root': str(tmp_path / 'coco')}}
+    config.task.source = 'my_vqa'
+    train = vqa.read(config, 'train', 0)
+    assert train.targets == {}
+    evaluation = vqa.read(config, 'validation', 0)
+    assert evaluation.label_names == ('red', 'two', 'yes')  # training answers, ties by name
+    humans = {'What colour is it?': red, 'How many shapes?': tie, 'Is it round?': ['yes'] * 10}
+    for q, question in enumerate(evaluation.display['question']):
+        given = humans[question]
+        want = [min(1.0, given.count(a) / 3) for a in evaluation.label_names]
+        np.testing.assert_allclose(evaluation.targets['answer_credit'][q], want, rtol=1e-6)

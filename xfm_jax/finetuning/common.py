@@ -32,6 +32,8 @@ class Examples:
     label_names: tuple[str, ...] = ()  # class names ([] for regression and retrieval)
     # Per-row strings for reports such as galleries (the question, the true answer); not batched.
     display: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+    # Per-row evaluation targets that never go to the device (VQA's soft answer credit [N, A]).
+    targets: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
         sizes = {name: len(array) for name, array in self.rows.items()}
@@ -40,9 +42,10 @@ class Examples:
         if not next(iter(sizes.values())):
             raise ValueError('No examples were read (an empty split, or max_examples filtered '
                              'everything out).')
-        bad = {name: len(texts) for name, texts in self.display.items() if len(texts) != len(self)}
+        bad = {name: len(texts) for name, texts in {**self.display, **self.targets}.items()
+               if len(texts) != len(self)}
         if bad:
-            raise ValueError(f'Display strings {bad} do not match the {len(self)} rows.')
+            raise ValueError(f'Display strings / targets {bad} do not match the {len(self)} rows.')
 
     def __len__(self) -> int:
         return len(next(iter(self.rows.values())))

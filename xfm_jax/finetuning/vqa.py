@@ -128,9 +128,12 @@ def params_from_backbone(config, params) -> dict:
 def evaluate(run, eval_set: common.Examples, train_set: common.Examples) -> dict[str, float]:
     scores = run.predict(eval_set, 'vqa')
     labels = eval_set.rows['label']
-    credit = np.zeros(scores.shape, np.float32)
     known = labels >= 0
-    credit[np.flatnonzero(known), labels[known]] = 1.0
+    # VQA v2 style sources: soft credit from the annotators' answers; else one-hot on the answer.
+    credit = eval_set.targets.get('answer_credit')
+    if credit is None:
+        credit = np.zeros(scores.shape, np.float32)
+        credit[np.flatnonzero(known), labels[known]] = 1.0
     settings = run.config.task
     if run.workdir and settings.gallery_questions:
         # Classifier: softmax over the answers; decoder: each answer's sequence probability.
@@ -166,8 +169,11 @@ def draw_gallery(path: str, examples: common.Examples, probabilities: np.ndarray
 
 # ---- reading ----------------------------------------------------------------------------------
 
-def read_questions(config, split: str, max_images: int):
-    """(images float32 [M, S, S, 3], image index [Q], questions [Q], answers [Q]) of a split."""
+def read_questions(config, split: str, max_images: int, *, human_answers: bool = False):
+    """(images float32 [M, S, S, 3], image index [Q], questions [Q], answers [Q]) of a split.
+
+    ``human_answers``: also return, 5th, every question's annotator answers (VQA v2: ten,
+    cleaned like ``answers``), or None when the source stores only one answer per question."""
     from xfm_jax.data import image_ops, tasks
     source_name = config.task.source
     all_sources = tasks.sources(config.data)
@@ -181,21 +187,47 @@ def read_questions(config, split: str, max_images: int):
                          f'{sorted(builder.info.splits)}.')
     size = config.model.vision.image_size
 
+    with_human = human_answers and 'answers' in builder.info.features['qa']
+
     def prepare(ex):
         image = image_ops.normalize(image_ops.resize(image_ops.decode_rgb(ex['image']), size))
-        return {'image': image, 'question': ex['qa']['question'], 'answer': ex['qa']['answer']}
+        out = {'image': image, 'question': ex['qa']['question'], 'answer': ex['qa']['answer']}
+        if with_human:  # ragged [questions, answers] -> flat values + per-question counts
+            out['human'] = ex['qa']['answers'].flat_values
+            out['human_counts'] = ex['qa']['answers'].row_lengths()
+        return out
 
     ds = eval_data.ordered_split(builder, split, max_images, prepare)
-    images, image_index, questions, answers = [], [], [], []
+    images, image_index, questions, answers, humans = [], [], [], [], []
     for i, ex in enumerate(ds.as_numpy_iterator()):
         images.append(ex['image'])
         image_index += [i] * len(ex['question'])
         questions += [q.decode('utf-8') for q in ex['question']]
         answers += [a.decode('utf-8').strip().lower() for a in ex['answer']]
+        if with_human:
+            per_question = np.split(ex['human'], np.cumsum(ex['human_counts'])[:-1])
+            humans += [[a.decode('utf-8').strip().lower() for a in group]
+                       for group in per_question]
     if not questions:
         raise ValueError(f'{builder.name} split {split!r} has no questions.')
-    return (np.stack(images).astype(np.float32), np.asarray(image_index, np.int32), questions,
-            answers)
+    out = (np.stack(images).astype(np.float32), np.asarray(image_index, np.int32), questions,
+           answers)
+    if human_answers:
+        return out + (humans if with_human else None,)
+    return out
+
+
+def soft_credit(human_answers: list[list[str]], vocabulary: tuple[str, ...]) -> np.ndarray:
+    """VQA's score of each candidate answer: min(1, annotators who gave it / 3), [Q, A] float32
+    (the common form of the official metric, which averages this over the 10 leave-one-out
+    subsets of annotators)."""
+    column = {answer: a for a, answer in enumerate(vocabulary)}
+    credit = np.zeros((len(human_answers), len(vocabulary)), np.float32)
+    for q, given in enumerate(human_answers):
+        for answer, count in collections.Counter(given).items():
+            if answer in column:
+                credit[q, column[answer]] = min(1.0, count / 3.0)
+    return credit
 
 
 def answer_vocabulary(config) -> tuple[str, ...]:
@@ -221,7 +253,8 @@ def tokenize_answers(config, answers) -> np.ndarray:
 
 def read(config, split: str, max_examples: int) -> common.Examples:
     """``max_examples`` counts images here (all questions of each image are kept)."""
-    images, image_index, questions, answers = read_questions(config, split, max_examples)
+    images, image_index, questions, answers, humans = read_questions(
+        config, split, max_examples, human_answers=True)
     vocabulary = answer_vocabulary(config)
     labels = np.asarray([vocabulary.index(a) if a in vocabulary else -1 for a in answers],
                         np.int32)
@@ -231,11 +264,14 @@ def read(config, split: str, max_examples: int) -> common.Examples:
         image_index, labels = image_index[keep], labels[keep]
         questions = [q for q, k in zip(questions, keep) if k]
         answers = [a for a, k in zip(answers, keep) if k]
+        humans = None  # training uses the majority answer only
     tokenizer = common.tokenizer(config)
     ids = tokenizer(questions)
     rows = {'image_index': image_index, 'input_ids': ids, 'attention_mask': tokenizer.mask(ids),
             'label': labels}
     if generative:
         rows['answer_ids'] = tokenize_answers(config, answers)
+    targets = {'answer_credit': soft_credit(humans, vocabulary)} if humans else {}
     return common.Examples(rows=rows, images=images, label_names=vocabulary,
-                           display={'question': tuple(questions), 'answer': tuple(answers)})
+                           display={'question': tuple(questions), 'answer': tuple(answers)},
+                           targets=targets)
