@@ -60,6 +60,12 @@ def test_byte_bpe_matches_transformers_roberta(tmp_path):
         assert ours.encode(text) == theirs.encode(text, add_special_tokens=False), text
         assert ours.decode(ours.encode(text)) == text
     assert vocab_lib.special_ids(ours) == vocab_lib.SpecialIds(pad=1, cls=0, sep=2, mask=4)
+    # A tiny pre-token cache restarts often: hits, misses and restarts give the same ids.
+    small_cache = vocab_lib.ByteBPEVocabulary(vocab_json, merges)
+    small_cache._CACHE_SIZE = 3
+    for text in test_texts * 2:
+        assert small_cache.encode(text) == theirs.encode(text, add_special_tokens=False), text
+    assert len(small_cache._cache) <= 3
     import tensorflow as tf
     ragged = ours.encode_tf(tf.constant(test_texts))
     assert [r.tolist() for r in ragged.numpy()] == [ours.encode(t) for t in test_texts]

@@ -147,8 +147,11 @@ class ByteBPEVocabulary(seqio.Vocabulary):
                 raise ValueError(f'{vocab_json!r} lacks the special token {required}.')
         self._byte_chars = _bytes_to_unicode()
         self._char_bytes = {c: b for b, c in self._byte_chars.items()}
+        # UTF-8 bytes read as latin-1 are code points 0..255: str.translate maps them to the
+        # printable characters in C.
+        self._byte_table = str.maketrans({chr(b): c for b, c in self._byte_chars.items()})
         self._pattern = regex.compile(self._PRETOKENIZE)
-        self._cache: dict[str, list[int]] = {}
+        self._cache: dict[str, list[int]] = {}  # pre-token -> ids
         super().__init__()
 
     @property
@@ -172,11 +175,15 @@ class ByteBPEVocabulary(seqio.Vocabulary):
     def _base_vocab_size(self) -> int:
         return max(self._ids.values()) + 1
 
-    def _bpe(self, word: str) -> list[int]:
-        """Merges one pre-token (already byte-mapped) greedily by merge rank."""
-        if word in self._cache:
-            return self._cache[word]
-        parts = list(word)
+    _CACHE_SIZE = 200_000  # pre-tokens; the cache restarts when full (memory stays bounded)
+
+    def _bpe(self, piece: str) -> list[int]:
+        """Ids of one pre-token: its bytes mapped to printable characters, merged greedily by
+        merge rank. Cached: captions repeat words, and a cache hit skips all of this."""
+        ids = self._cache.get(piece)
+        if ids is not None:
+            return ids
+        parts = list(piece.encode('utf-8').decode('latin-1').translate(self._byte_table))
         while len(parts) > 1:
             ranked = [(self._ranks.get(pair, np.inf), i)
                       for i, pair in enumerate(zip(parts, parts[1:]))]
@@ -194,14 +201,14 @@ class ByteBPEVocabulary(seqio.Vocabulary):
                     i += 1
             parts = merged
         ids = [self._ids.get(p, self.unk_id) for p in parts]
-        self._cache[word] = ids
+        if len(self._cache) >= self._CACHE_SIZE:
+            self._cache.clear()
+        self._cache[piece] = ids
         return ids
 
     def _encode(self, s: str) -> list[int]:
-        ids = []
-        for piece in self._pattern.findall(s):
-            ids.extend(self._bpe(''.join(self._byte_chars[b] for b in piece.encode('utf-8'))))
-        return ids
+        bpe = self._bpe
+        return [i for piece in self._pattern.findall(s) for i in bpe(piece)]
 
     def _decode(self, ids) -> str:
         text = ''.join(self._tokens.get(int(i), '') for i in ids)
