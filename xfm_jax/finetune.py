@@ -311,8 +311,10 @@ def finetune(config, workdir: str, init: str | None = None,
                     raise FloatingPointError(f'Non-finite {bad} at fine-tuning step {step + 1}.')
                 writer.write_scalars(step + 1, {f'train/{k}': v for k, v in metrics.items()})
                 history.append({'step': step + 1, **metrics})
-                logging.info('step %d: loss %.4f (%.1f s)', step + 1, metrics['loss'],
-                             time.perf_counter() - start)
+                elapsed = time.perf_counter() - start  # includes the first step's compile
+                logging.info('step %d/%d: loss %.4f (%.1f s, %.2f steps/s, ETA %.0f s)', step + 1,
+                             total, metrics['loss'], elapsed, (step + 1) / elapsed,
+                             (total - step - 1) * elapsed / (step + 1))
             if last or (config.train.eval_every and (step + 1) % config.train.eval_every == 0):
                 results = run_evaluation(step + 1)
     writer.flush()
