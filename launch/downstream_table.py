@@ -174,14 +174,16 @@ def main():
     for job in JOBS:
         if job.name not in wanted:
             continue
-        why = missing_set(job.needs) if job.needs else None
+        workdirs = {label: os.path.join(args.out, f'{job.name}_{label}')
+                    for label in ('pretrained', 'random')}
+        finished = all(result_metrics(job.kind, w) is not None for w in workdirs.values())
+        why = missing_set(job.needs) if job.needs and not finished else None
         if why:
             notes[job.name] = why
             print(f'[{job.name}] skipped: {why}', flush=True)
             continue
         for label, init in (('pretrained', checkpoint), ('random', None)):
-            results[job.name, label] = run_job(job, init, os.path.join(args.out,
-                                                                       f'{job.name}_{label}'))
+            results[job.name, label] = run_job(job, init, workdirs[label])
 
     lines = [f'| task (tiny X-FM, main job checkpoint step {steps[-1]}) | pre-trained | '
              'random init | chance |', '|---|---|---|---|']
