@@ -39,6 +39,12 @@ def _one_device(config):
     return mesh, partitioning.get_rules(config.partitioning.rules)
 
 
+def _assert_restores_on_one_device(config, directory, expected):
+    mesh, rules = _one_device(config)
+    abstract, shardings = evaluate.param_shardings(build_model(config.model), mesh, rules)
+    _assert_same(evaluate.restore_params(directory, abstract, shardings), expected, mesh)
+
+
 def _assert_same(restored, expected, mesh):
     for (path, got), want in zip(jax.tree_util.tree_leaves_with_path(restored),
                                  jax.tree.leaves(expected)):
@@ -51,9 +57,7 @@ def test_params_only_restore_onto_one_device(eval_config, saved):
     directory, step, converted = evaluate.locate(workdir, None)
     assert (directory, step, converted) == (os.path.join(workdir, 'checkpoints', '7', 'state'),
                                             7, None)
-    mesh, rules = _one_device(eval_config)
-    abstract, shardings = evaluate.param_shardings(build_model(eval_config.model), mesh, rules)
-    _assert_same(evaluate.restore_params(directory, abstract, shardings), params, mesh)
+    _assert_restores_on_one_device(eval_config, directory, params)
 
 
 def test_evaluate_writes_json_and_tensorboard(eval_config, saved, tmp_path):
@@ -81,9 +85,7 @@ def test_converted_checkpoint(eval_config, saved, tmp_path):
     # model_config.json holds the model section (JSON: tuples come back as lists).
     assert (directory, step) == (str(tmp_path / 'params'), 0)
     assert model == json.loads(json.dumps(eval_config.model.to_dict()))
-    mesh, rules = _one_device(eval_config)
-    abstract, shardings = evaluate.param_shardings(build_model(eval_config.model), mesh, rules)
-    _assert_same(evaluate.restore_params(directory, abstract, shardings), params, mesh)
+    _assert_restores_on_one_device(eval_config, directory, params)
 
 
 def test_mismatched_model_and_bad_paths_are_named(eval_config, saved, tmp_path):

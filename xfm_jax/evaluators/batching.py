@@ -83,23 +83,25 @@ def map_batches(fn: Callable[[Any, dict], Any], params: Any, num_rows: int, rows
 # ``model`` is a VisionLanguageModel; each function returns a jitted ``fn(params, batch)`` for
 # map_batches, cached so that evaluators sharing a model share the compiled function.
 
+def _pair_encoder(model, field: str, encode_method: str) -> Callable:
+    """batch {field} -> (ITC embedding [B, E], tokens [B, 1+N, Dv]) through ``encode_method``."""
+    def encode(module, inputs):
+        tokens = getattr(module, encode_method)(inputs)
+        return module.image_embedding(tokens), tokens
+    return jax.jit(lambda params, b: model.apply({'params': params}, b[field], method=encode))
+
+
 @functools.lru_cache(maxsize=None)
 def image_encoder(model) -> Callable:
     """batch {'image'} -> (ITC embedding [B, E], image tokens [B, 1+N, Dv])."""
-    def encode(module, images):
-        tokens = module.encode_image(images)
-        return module.image_embedding(tokens), tokens
-    return jax.jit(lambda params, b: model.apply({'params': params}, b['image'], method=encode))
+    return _pair_encoder(model, 'image', 'encode_image')
 
 
 @functools.lru_cache(maxsize=None)
 def video_encoder(model) -> Callable:
     """batch {'frames' [B, F, S, S, 3]} -> (ITC embedding [B, E], frame-pooled tokens
     [B, 1+N, Dv]): ``encode_video`` (frame embedding, mean over frames) as in pre-training."""
-    def encode(module, frames):
-        tokens = module.encode_video(frames)
-        return module.image_embedding(tokens), tokens
-    return jax.jit(lambda params, b: model.apply({'params': params}, b['frames'], method=encode))
+    return _pair_encoder(model, 'frames', 'encode_video')
 
 
 @functools.lru_cache(maxsize=None)
