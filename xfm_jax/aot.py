@@ -176,4 +176,5 @@ if __name__ == '__main__':
     flags.DEFINE_string('topology', None,
                         'TPU generation and chip grid, e.g. v5p:2x2x2, v4:2x2x4, v5e:4x4.')
     flags.mark_flags_as_required(['config', 'topology'])
-    app.run(main)
+    from xfm_jax import cli
+    app.run(main, flags_parser=cli.parse_flags)

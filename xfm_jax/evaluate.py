@@ -218,4 +218,5 @@ if __name__ == '__main__':
     flags.DEFINE_bool('random_init', False, 'Evaluate the model as initialised with '
                       'config.train.seed instead of a checkpoint (the baseline).')
     flags.mark_flags_as_required(['config', 'workdir'])
-    app.run(main)
+    from xfm_jax import cli
+    app.run(main, flags_parser=cli.parse_flags)

@@ -351,4 +351,5 @@ if __name__ == '__main__':
     flags.DEFINE_string('init', None, 'Pre-trained parameters: a pre-training workdir, an Orbax '
                         'step directory, or a converted checkpoint directory.')
     flags.mark_flags_as_required(['config', 'workdir'])
-    app.run(main)
+    from xfm_jax import cli
+    app.run(main, flags_parser=cli.parse_flags)

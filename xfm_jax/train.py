@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 
 from absl import app, flags, logging
@@ -195,19 +194,6 @@ def train(config, workdir: str) -> dict:
     return metrics
 
 
-def parse_flags(argv):
-    """absl's parser, with an unknown ``--config.*`` key reported by its override (config_flags
-    raises a bare AttributeError naming only the last component)."""
-    try:
-        return flags.FLAGS(argv)
-    except AttributeError as e:
-        key = str(e).strip('"\'')
-        overrides = [a for a in argv if a.startswith('--config.')
-                     and key in a.split('=')[0].split('.')]
-        sys.exit(f'FATAL Flags parsing error: unknown config key {key!r} in '
-                 f'{" ".join(overrides) or "the --config.* overrides"}.')
-
-
 def main(argv):
     del argv
     distributed.initialize()  # before any other jax call: joins the hosts of a pod / SLURM job
@@ -223,4 +209,5 @@ if __name__ == '__main__':
                                     lock_config=True)
     flags.DEFINE_string('workdir', None, 'Checkpoints and logs go here.')
     flags.mark_flags_as_required(['config', 'workdir'])
-    app.run(main, flags_parser=parse_flags)
+    from xfm_jax import cli
+    app.run(main, flags_parser=cli.parse_flags)

@@ -72,3 +72,42 @@ def test_ranked_answer_accuracy():
     scores = np.array([[0.1, 0.7, 0.2], [0.5, 0.4, 0.1]])
     credit = np.array([[0, 1, 0], [0.3, 1, 0]])
     assert metrics.ranked_answer_accuracy(scores, credit) == pytest.approx(65.0)
+
+
+def test_nonfinite_scores_rank_last():
+    nan, inf = np.nan, np.inf
+    # Every score NaN (a model with NaN weights): every right candidate ties with every wrong
+    # one, so nothing is found at rank 0 (it used to be R@1 = 100: NaN >= best is False).
+    out = metrics.retrieval_recall(np.full((3, 4), nan), TEXT_IMAGE, ks=(1,))
+    assert out == {'t2i_r1': 0.0, 'i2t_r1': 0.0}
+    # One NaN or inf among real scores ranks below them all. Image 0's texts 0, 1 score NaN/inf;
+    # text 2 (image 1) 0.1 and text 3 (image 2) 0.2: image 0 ranks behind both -> i2t miss;
+    # images 1 and 2 score their own texts best -> hits. t2i: texts 0, 1 see NaN/inf at their
+    # true image and 0.0 elsewhere: misses; texts 2, 3: hits.
+    scores = np.array([[nan, inf, 0.1, 0.2],
+                       [0.0, 0.0, 0.5, 0.0],
+                       [0.0, 0.0, 0.0, 0.5]])
+    out = metrics.retrieval_recall(scores, TEXT_IMAGE, ks=(1,))
+    assert out == pytest.approx({'t2i_r1': 50.0, 'i2t_r1': 200 / 3})
+    np.testing.assert_array_equal(metrics.top_k_indices(np.array([[nan, 1.0, -inf, 2.0]]), 4),
+                                  [[3, 1, 0, 2]])
+    # A NaN second-stage score falls below every first-stage one.
+    reranked = metrics.rerank_top_k(np.array([[0.5], [0.9], [0.1]]), np.array([[1, 0]]),
+                                    np.array([[nan, 0.3]]), axis=1)
+    assert list(np.argsort(-reranked[:, 0], kind='stable')) == [0, 2, 1]
+
+
+def test_top1_and_answer_ranking_ties_and_nan_count_against_the_model():
+    # Row 0 NaN at the label; row 1 a tie at the top; row 2 NaN elsewhere, label right.
+    logits = np.array([[np.nan, 0.0], [1.0, 1.0], [2.0, np.nan]])
+    assert metrics.top1_accuracy(logits, np.array([0, 0, 0])) == pytest.approx(100 / 3)
+    # A tie between answers of credit 1 and 0.3 earns 0.3; all-NaN scores earn the least (0).
+    scores = np.array([[0.5, 0.5, 0.1], [np.nan, np.nan, np.nan]])
+    credit = np.array([[1.0, 0.3, 0.0], [1.0, 0.6, 0.0]])
+    assert metrics.ranked_answer_accuracy(scores, credit) == pytest.approx(15.0)
+
+
+def test_nonfinite_report():
+    assert metrics.nonfinite('retrieval', a=np.ones(3), b=np.zeros((2, 2))) == {}
+    assert metrics.nonfinite('retrieval', a=np.array([np.nan, 1.0, np.inf]),
+                             b=np.array([[-np.inf]])) == {'nonfinite': 3.0}

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from xfm_jax import cli
 from xfm_jax.convert import files, formats, targets, weights
 
 
@@ -49,7 +50,7 @@ def _export(args) -> None:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog='python -m xfm_jax.convert', description=__doc__,
+    parser = cli.ArgumentParser(prog='python -m xfm_jax.convert', description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--input', required=True,
                         help='checkpoint file (import) or OUT dir (export)')

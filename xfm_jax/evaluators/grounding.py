@@ -6,7 +6,8 @@ Settings (``config.evaluate.grounding``): ``source`` (needs boxed phrases), ``sp
 ``max_images``, ``iou_threshold`` (0.5 as the papers), ``gallery_phrases`` (phrases drawn
 into ``grounding_gallery_step{step}.png`` in the workdir; 0: none).
 Metrics: ``accuracy`` (percent), ``mean_iou``, ``num_phrases``, and ``whole_image_baseline``:
-the accuracy of always answering the whole image (0.5, 0.5, 1, 1).
+the accuracy of always answering the whole image (0.5, 0.5, 1, 1). ``nonfinite`` (and no
+accuracy) when the predicted boxes hold NaN or inf.
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ def evaluate(ctx: batching.EvalContext, settings) -> dict[str, float]:
                        lambda i: {'text_hidden': hidden[i], 'mask': mask[i],
                                   'image_tokens': image_tokens[ds.phrase_image[i]]},
                        'grounding: boxes')
+    broken = metrics.nonfinite('grounding', boxes=boxes)
+    if broken:
+        return {**broken, 'num_phrases': float(len(ds.phrase_ids))}
     iou = metrics.box_iou(boxes, ds.phrase_boxes)
     if settings.gallery_phrases and ctx.workdir:
         shown = spread(len(ds.phrases), settings.gallery_phrases)

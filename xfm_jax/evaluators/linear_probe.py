@@ -5,7 +5,8 @@ on another. Needs a source with a ``label`` class feature.
 Settings (``config.evaluate.linear_probe``): ``source``, ``train_split``, ``test_split``,
 ``max_train_images``, ``max_test_images``, ``steps``, ``learning_rate``, ``weight_decay``.
 Metrics (percent): ``train_top1``, ``test_top1``, ``majority_class`` (the commonest class of
-the test split); ``num_train``, ``num_test``.
+the test split); ``num_train``, ``num_test``; ``nonfinite`` instead of the accuracies when the
+frozen features hold NaN or inf.
 """
 
 from __future__ import annotations
@@ -67,6 +68,9 @@ def majority_class(labels: np.ndarray) -> float:
 def evaluate(ctx: batching.EvalContext, settings) -> dict[str, float]:
     train_x, train_y, test_x, test_y, num_classes = frozen_features(ctx, settings,
                                                                      'linear_probe')
+    broken = metrics.nonfinite('linear_probe', train_features=train_x, test_features=test_x)
+    if broken:
+        return broken
     weights, bias = fit_logistic_regression(
         train_x, train_y, num_classes, steps=settings.steps,
         learning_rate=settings.learning_rate, weight_decay=settings.weight_decay)

@@ -1,14 +1,37 @@
 """Evaluation metrics as pure numpy functions (no jax, no TensorFlow).
 
 Ties count against the model: a right candidate is ranked behind every wrong one scoring at least
-as high, so a constant scorer gets chance-level (not perfect) recall.
+as high, so a constant scorer gets chance-level (not perfect) recall. Non-finite scores (NaN, inf)
+rank last: a broken model never scores well; evaluators report them with :func:`nonfinite`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+from absl import logging
 import numpy as np
+
+
+def finite_scores(scores) -> np.ndarray:
+    """float64 copy of ``scores`` with NaN and +-inf as -inf, so they rank below every real
+    score (NaN compares False with everything and would otherwise win every comparison)."""
+    scores = np.asarray(scores, np.float64)
+    return np.where(np.isfinite(scores), scores, -np.inf)
+
+
+def nonfinite(evaluator: str, **outputs) -> dict[str, float]:
+    """{} when every model output is finite; otherwise logs one error line naming the evaluator
+    and the outputs holding NaN or inf, and returns ``{'nonfinite': their count}``, which the
+    evaluator reports instead of its metrics."""
+    counts = {name: int(np.size(value) - np.isfinite(value).sum())
+              for name, value in outputs.items()}
+    bad = {name: n for name, n in counts.items() if n}
+    if not bad:
+        return {}
+    logging.error('%s: the model produced non-finite values (%s); no metrics reported.',
+                  evaluator, ', '.join(f'{name}: {n}' for name, n in bad.items()))
+    return {'nonfinite': float(sum(bad.values()))}
 
 
 def _ranks_of_best_right(scores: np.ndarray, right: np.ndarray) -> np.ndarray:
@@ -16,6 +39,7 @@ def _ranks_of_best_right(scores: np.ndarray, right: np.ndarray) -> np.ndarray:
     score at least as high as the best right one (0 = the first hit is at the top)."""
     if not right.any(axis=1).all():
         raise ValueError('every query needs at least one right candidate')
+    scores = finite_scores(scores)
     best = np.where(right, scores, -np.inf).max(axis=1, keepdims=True)
     return ((scores >= best) & ~right).sum(axis=1)
 
@@ -32,7 +56,7 @@ def retrieval_recall(similarity: np.ndarray, text_image: np.ndarray,
       ``t2i_r{K}``: texts whose true image is among their top K images;
       ``i2t_r{K}``: images with any of their texts among their top K texts.
     """
-    similarity = np.asarray(similarity, np.float64)
+    similarity = finite_scores(similarity)
     num_images, num_texts = similarity.shape
     text_image = np.asarray(text_image)
     if text_image.shape != (num_texts,):
@@ -78,11 +102,14 @@ def rerank_top_k(similarity: np.ndarray, top_k: np.ndarray, top_k_scores: np.nda
     Returns: a [num_images, num_texts] score matrix in which the top-K candidates are ordered by
     ``top_k_scores`` and the rest follow in their first-stage order.
     """
-    scores = np.moveaxis(np.asarray(similarity, np.float64), axis, 0)  # [Q, C]
+    scores = np.moveaxis(finite_scores(similarity), axis, 0)  # [Q, C]
     rows = np.arange(scores.shape[0])[:, None]
-    top_k_scores = np.asarray(top_k_scores, np.float64)
-    # Shift the first-stage scores below the smallest second-stage score, keeping their order.
-    out = scores - scores.max() + top_k_scores.min() - 1.0
+    top_k_scores = finite_scores(top_k_scores)
+    # Shift the first-stage scores below the smallest second-stage score, keeping their order
+    # (non-finite ones stay -inf, last).
+    shift = (top_k_scores[np.isfinite(top_k_scores)].min(initial=0.0) - 1.0
+             - scores[np.isfinite(scores)].max(initial=0.0))
+    out = scores + shift
     out[rows, top_k] = top_k_scores
     return np.moveaxis(out, 0, axis)
 
@@ -90,6 +117,7 @@ def rerank_top_k(similarity: np.ndarray, top_k: np.ndarray, top_k_scores: np.nda
 def top_k_indices(scores: np.ndarray, k: int) -> np.ndarray:
     """[Q, C] -> int [Q, min(k, C)] indices of the highest scores, best first."""
     k = min(k, scores.shape[1])
+    scores = finite_scores(scores)
     part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
     order = np.argsort(-np.take_along_axis(scores, part, axis=1), axis=1, kind='stable')
     return np.take_along_axis(part, order, axis=1)
@@ -119,8 +147,14 @@ def iou_accuracy(predicted: np.ndarray, target: np.ndarray, threshold: float = 0
 
 
 def top1_accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
-    """Percent of rows whose highest logit is at the label; logits [N, C], labels int [N]."""
-    return 100.0 * float(np.mean(np.argmax(logits, axis=-1) == np.asarray(labels)))
+    """Percent of rows whose label's logit is above every other (a tie or a non-finite logit
+    at the label counts as wrong); logits [N, C], labels int [N]."""
+    logits = finite_scores(logits)
+    rows = np.arange(len(logits))
+    label_logit = logits[rows, np.asarray(labels)]
+    others = logits.copy()
+    others[rows, np.asarray(labels)] = -np.inf
+    return 100.0 * float(np.mean(label_logit > others.max(axis=-1)))
 
 
 def ranked_answer_accuracy(scores: np.ndarray, answer_credit: np.ndarray) -> float:
@@ -130,7 +164,10 @@ def ranked_answer_accuracy(scores: np.ndarray, answer_credit: np.ndarray) -> flo
     Args:
       scores: [Q, A] the model's score of every candidate answer.
       answer_credit: [Q, A] credit in [0, 1] of each candidate.
-    Returns: mean credit in percent.
+    Returns: mean credit in percent; a question whose best score is tied (or all non-finite)
+    earns the least credit among the tied answers.
     """
-    best = np.argmax(scores, axis=1)
-    return 100.0 * float(np.mean(np.asarray(answer_credit)[np.arange(len(best)), best]))
+    scores = finite_scores(scores)
+    tied = scores == scores.max(axis=1, keepdims=True)
+    credit = np.where(tied, np.asarray(answer_credit, np.float64), np.inf).min(axis=1)
+    return 100.0 * float(np.mean(credit))

@@ -9,7 +9,8 @@ Settings (``config.evaluate.mlp_probe``): the linear probe's ``source``, ``train
 drawn at random, held out), ``eval_every`` (steps between validation checks).
 Metrics (percent): ``train_top1``, ``val_top1``, ``test_top1`` (all at the chosen step),
 ``majority_class`` (always the commonest test class), ``chance`` (100 / classes);
-``best_step``, ``num_train``, ``num_val``, ``num_test``.
+``best_step``, ``num_train``, ``num_val``, ``num_test``; ``nonfinite`` instead of them all when the
+frozen features hold NaN or inf.
 """
 
 from __future__ import annotations
@@ -71,6 +72,9 @@ def fit_mlp(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val_y: 
 def evaluate(ctx: batching.EvalContext, settings) -> dict[str, float]:
     train_x, train_y, test_x, test_y, num_classes = linear_probe.frozen_features(
         ctx, settings, 'mlp_probe')
+    broken = metrics.nonfinite('mlp_probe', train_features=train_x, test_features=test_x)
+    if broken:
+        return broken
     order = np.random.default_rng(0).permutation(len(train_y))
     num_val = int(np.clip(round(settings.val_fraction * len(train_y)), 1, len(train_y) - 1))
     val, fit = order[:num_val], order[num_val:]

@@ -6,7 +6,8 @@ Settings (``config.evaluate.retrieval``): ``source``, ``split``, ``max_images`` 
 workdir; 0: none).
 
 Metrics (percent): ``itc/{t2i,i2t}_r{1,5,10}`` (ITC alone), ``itm/...`` (after re-ranking),
-``chance/...`` (a random ranking), plus ``num_images``, ``num_texts``.
+``chance/...`` (a random ranking), plus ``num_images``, ``num_texts``; instead of the recalls,
+``nonfinite`` (how many NaN / inf scores) when the model's outputs are not finite.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ def evaluate(ctx: batching.EvalContext, settings) -> dict[str, float]:
     out, t2i_scores = rank_and_rerank(ctx, image_embedding, image_tokens, ds.caption_ids,
                                       ds.caption_image, settings.k, 'retrieval')
     out.update(num_images=float(ds.num_images), num_texts=float(len(ds.caption_ids)))
-    if settings.gallery_queries and ctx.workdir:
+    if settings.gallery_queries and ctx.workdir and t2i_scores is not None:
         path = os.path.join(ctx.workdir, f'retrieval_gallery_step{ctx.step}.png')
         draw_gallery(path, ds, t2i_scores, settings.gallery_queries)
     return out
@@ -46,13 +47,17 @@ def rank_and_rerank(ctx: batching.EvalContext, item_embedding: np.ndarray,
       caption_ids: int [T, L]; caption_item: int [T], the item each caption describes.
     Returns:
       ``{itc,itm,chance}/{t2i,i2t}_r{1,5,10}`` (percent) and the re-ranked text->item scores
-      [N, T] (higher = better).
+      [N, T] (higher = better); ``({'nonfinite': count}, None)`` when the model's scores are not
+      all finite.
     """
     mask = (caption_ids != ctx.config.model.text.pad_id).astype(np.int32)
     text_embedding, text_hidden = ctx.map(
         batching.text_encoder(ctx.model), len(caption_ids),
         batching.take({'ids': caption_ids, 'mask': mask}), f'{name}: texts')
     similarity = item_embedding.astype(np.float32) @ text_embedding.astype(np.float32).T
+    broken = metrics.nonfinite(name, itc_similarity=similarity)
+    if broken:
+        return broken, None
 
     # Candidate pairs: every text with its top-k items, then every item with its top-k texts.
     t2i_top = metrics.top_k_indices(similarity.T, k)  # [T, k]
@@ -66,6 +71,9 @@ def rank_and_rerank(ctx: batching.EvalContext, item_embedding: np.ndarray,
         lambda i: {'text_hidden': text_hidden[pair_text[i]], 'mask': mask[pair_text[i]],
                    'image_tokens': item_tokens[pair_item[i]]},
         f'{name}: ITM re-ranking')
+    broken = metrics.nonfinite(name, itm_match=match)
+    if broken:
+        return broken, None
     t2i_match = match[:t2i_top.size].reshape(t2i_top.shape)
     i2t_match = match[t2i_top.size:].reshape(i2t_top.shape)
     t2i_scores = metrics.rerank_top_k(similarity, t2i_top, t2i_match, axis=1)

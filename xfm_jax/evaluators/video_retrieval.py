@@ -9,7 +9,8 @@ clips, ``video_frames`` user data; '': the first source of ``data.streams.video.
 ``split``, ``max_videos`` (0: all), ``k`` (candidates re-ranked per query).
 
 Metrics (percent): ``itc/{t2v,v2t}_r{1,5,10}`` (ITC alone), ``itm/...`` (after re-ranking),
-``chance/...`` (a random ranking), plus ``num_videos``, ``num_texts``.
+``chance/...`` (a random ranking), plus ``num_videos``, ``num_texts``; ``nonfinite`` instead of the
+recalls when the model's scores are not finite.
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ largest shape; Fashion-MNIST: the garment).
 Settings (``config.evaluate.zero_shot_classification``): ``source``, ``split``, ``max_images``,
 ``prompt`` (a format string for the class name, e.g. 'a picture of a {}').
 Metrics (percent): ``top1``, ``majority_class`` (always answering the commonest class);
-``num_images``, ``num_classes``.
+``num_images``, ``num_classes``; ``nonfinite`` instead of ``top1`` when the similarities hold
+NaN or inf.
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ def evaluate(ctx: batching.EvalContext, settings) -> dict[str, float]:
                                 batching.take({'ids': prompts, 'mask': tokenizer.mask(prompts)}),
                                 'classification: prompts')
     logits = image_embedding.astype(np.float32) @ text_embedding.astype(np.float32).T
+    broken = metrics.nonfinite('zero_shot_classification', similarity=logits)
+    if broken:
+        return {**broken, 'num_images': float(ds.num_images)}
     return {'top1': metrics.top1_accuracy(logits, ds.labels),
             'majority_class': 100.0 * float(np.max(np.bincount(ds.labels)) / len(ds.labels)),
             'num_images': float(ds.num_images), 'num_classes': float(len(ds.label_names))}

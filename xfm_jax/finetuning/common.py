@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import scipy.stats
 
 from xfm_jax import partitioning
 from xfm_jax.evaluators import batching, data as eval_data, metrics
@@ -134,21 +135,19 @@ def score_classifier(logits: np.ndarray, labels: np.ndarray,
 
 def score_regression(predictions: np.ndarray, targets: np.ndarray,
                      train_targets: np.ndarray) -> dict[str, float]:
-    """Pearson and Spearman correlation (x100, as GLUE's STS-B), MSE; chance: predicting the
-    training mean (correlation 0, its MSE)."""
+    """Pearson and Spearman correlation (x100, as GLUE's STS-B; scipy.stats, ties ranked
+    together), MSE; chance: predicting the training mean (correlation 0, its MSE). A constant
+    prediction or target has no correlation: reported as 0, never as a perfect one."""
     predictions = np.asarray(predictions, np.float64).reshape(-1)
     targets = np.asarray(targets, np.float64)
 
-    def ranks(x):  # ties broken by position (rare for real-valued predictions)
-        return np.argsort(np.argsort(x, kind='stable'), kind='stable').astype(np.float64)
+    def correlation(test, a, b):
+        if np.ptp(a) == 0 or np.ptp(b) == 0:  # undefined; scipy would warn and return nan
+            return 0.0
+        return float(test(a, b).statistic)
 
-    def correlation(a, b):
-        a, b = a - a.mean(), b - b.mean()
-        denominator = np.sqrt((a * a).sum() * (b * b).sum())
-        return float((a * b).sum() / denominator) if denominator > 0 else 0.0
-
-    return {'pearson': 100.0 * correlation(predictions, targets),
-            'spearman': 100.0 * correlation(ranks(predictions), ranks(targets)),
+    return {'pearson': 100.0 * correlation(scipy.stats.pearsonr, predictions, targets),
+            'spearman': 100.0 * correlation(scipy.stats.spearmanr, predictions, targets),
             'mse': float(np.mean((predictions - targets) ** 2)),
             'chance/mse': float(np.mean((train_targets.mean() - targets) ** 2)),
             'num_examples': float(len(targets))}

@@ -1,0 +1,99 @@
+"""Bad settings stop every program at once with one line naming the flag or key (exit status 2),
+and every shipped config passes :func:`xfm_jax.cli.validate`."""
+
+import importlib
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from xfm_jax import cli
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.mark.parametrize('module, arg', [
+    ('configs.xfm_base', ''), ('configs.xfm_base', 'runlocal'), ('configs.xfm_base', 'tiny'),
+    ('configs.x2vlm_base', ''), ('configs.x2vlm_large', 'runlocal'),
+    ('configs.finetune.vqa', ''), ('configs.finetune.retrieval', 'tiny'),
+    ('configs.finetune.glue', 'tiny'), ('configs.finetune.nlvr', ''),
+    ('configs.finetune.image_classification', 'tiny'), ('configs.finetune.sentiment', '')])
+def test_shipped_configs_are_valid(module, arg):
+    cli.validate(importlib.import_module(module).get_config(arg))
+
+
+@pytest.mark.parametrize('key, value, message', [
+    ('train.grad_accum_steps', 0, 'config.train.grad_accum_steps=0 must be >= 1'),
+    ('train.log_every', 0, 'config.train.log_every=0 must be >= 1'),
+    ('checkpoint.every_steps', -1, 'config.checkpoint.every_steps=-1 must be >= 1'),
+    ('checkpoint.keep', 0, 'config.checkpoint.keep=0 must be >= 1'),
+    ('batch.image_text.batch_size', 0, 'config.batch.image_text.batch_size=0 must be >= 1'),
+    ('evaluate.batch_size', 0, 'config.evaluate.batch_size=0 must be >= 1'),
+    ('evaluate.mlp_probe.eval_every', 0, 'config.evaluate.mlp_probe.eval_every=0 must be'),
+    ('checkpoint.keep_every', -5, 'config.checkpoint.keep_every=-5 must be >= 0'),
+    # 8 rows per stream do not split into 3 micro-batches.
+    ('train.grad_accum_steps', 3, 'config.batch.image.batch_size=8 is not divisible by '
+                                  'config.train.grad_accum_steps=3'),
+])
+def test_validate_names_the_key(key, value, message):
+    from configs import xfm_base
+    config = xfm_base.get_config('tiny')
+    section, *rest = key.split('.')
+    node = config[section]
+    for part in rest[:-1]:
+        node = node[part]
+    node[rest[-1]] = value
+    with pytest.raises(ValueError, match='^' + re.escape(message)):
+        cli.validate(config)
+
+
+def test_validate_wants_integers():
+    # ConfigDicts refuse a float for an int field; plain dicts (library callers) are checked.
+    with pytest.raises(ValueError, match=r"^config\.train\.log_every=2\.5 must be an integer"):
+        cli.validate({'train': {'log_every': 2.5}})
+    with pytest.raises(ValueError, match=r"^config\.checkpoint\.keep=True must be an integer"):
+        cli.validate({'checkpoint': {'keep': True}})
+
+
+def test_finetune_zero_batch_and_negative_eval_interval():
+    from configs.finetune import vqa
+    config = vqa.get_config('tiny')
+    config.train.eval_batch_size = 0
+    with pytest.raises(ValueError, match=r'config\.train\.eval_batch_size=0'):
+        cli.validate(config)
+    config.train.update(eval_batch_size=8, eval_every=-1)
+    with pytest.raises(ValueError, match=r'config\.train\.eval_every=-1 must be >= 0'):
+        cli.validate(config)
+
+
+# One subprocess per program (each imports jax: a few seconds apiece), each with a different
+# kind of fault: wrong type, unknown key, a zero count, an unknown flag, a bad argparse value.
+PROGRAMS = [
+    (['xfm_jax.train', '--config=configs/xfm_base.py:tiny', '--workdir=W',
+      '--config.train.total_steps=abc'], 'total_steps=abc'),
+    (['xfm_jax.evaluate', '--config=configs/xfm_base.py:tiny', '--workdir=W',
+      '--config.evaluate.nonexistent=1'], "unknown config key 'nonexistent'"),
+    (['xfm_jax.finetune', '--config=configs/finetune/vqa.py:tiny', '--workdir=W',
+      '--config.train.batch_size=0'], 'config.train.batch_size=0 must be >= 1'),
+    (['xfm_jax.aot', '--config=configs/xfm_base.py:tiny', '--topology=v5e:2x2',
+      '--config.checkpoint.every_steps=0'], 'config.checkpoint.every_steps=0 must be >= 1'),
+    (['xfm_jax.convert', '--input=x.th', '--output=OUT', '--format=nonsense'],
+     "--format: invalid choice: 'nonsense'"),
+]
+
+
+@pytest.mark.parametrize('argv, names', PROGRAMS, ids=[p[0][0] for p in PROGRAMS])
+def test_every_program_fails_with_one_line(argv, names, tmp_path):
+    argv = [a.replace('=W', f'={tmp_path}') for a in argv]
+    done = subprocess.run([sys.executable, '-m', *argv], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120,
+                          env={**os.environ, 'JAX_PLATFORMS': 'cpu', 'TF_CPP_MIN_LOG_LEVEL': '3'})
+    # TensorFlow's C++ start-up notes may precede it (programs that import TF); ours is the one
+    # FATAL line, last, and no traceback.
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2, done.stderr
+    assert [line for line in lines if line.startswith('FATAL ')] == lines[-1:], done.stderr
+    assert names in lines[-1] and 'Traceback' not in done.stderr
+    assert not os.listdir(tmp_path)  # stopped before writing anything
