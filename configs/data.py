@@ -3,7 +3,7 @@ r"""Data configs: per-stream seqio mixtures, batch sizes, text lengths, augmenta
     data = data_config('synthetic_tiny', config.model)   # tests: 32 px, tiny batches
     data = data_config('synthetic', config.model)        # 224 px, the full augmentation
 
-Streams follow the model family (SPEC §7): X-FM trains text, image, image_text and region;
+Streams follow the model family (docs/design.md §9): X-FM trains text, image, image_text and region;
 X²-VLM trains image_text, region and video. Mixtures are [(task name, rate)] over the tasks of
 xfm_jax/data/tasks.py (f'{source}_{stream}'). Tokeniser for the synthetic presets: a closed
 word-level WordPiece vocab generated from the synthetic grammar with the model's special ids

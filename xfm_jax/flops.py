@@ -2,7 +2,7 @@
 
 FLOPs count matrix multiplies only (2 * m * n * k), over the static (padded) shapes the step
 computes. Training = 3 x forward (backward = 2 x forward); rematerialised recomputation is NOT
-counted (MFU, not hardware utilisation). Per stream, the forward passes follow SPEC §6:
+counted (MFU, not hardware utilisation). Per stream, the forward passes follow docs/design.md §7:
 
 * text:        language encoder on the masked text + its MLM head on the masked positions (mlm).
 * image:       vision encoder twice: unmasked target + masked pass (mim).

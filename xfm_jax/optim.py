@@ -1,4 +1,4 @@
-"""Optimiser for X-FM / X²-VLM pre-training (SPEC §8): AdamW with a decay mask, per-parameter
+"""X-FM / X²-VLM pre-training optimiser (docs/design.md §10): AdamW with a decay mask, per-parameter
 learning-rate multipliers, warmup + decay schedule, global-norm clipping and the temperature clamp.
 
 The update, per leaf ``p`` with lr multiplier ``mult`` and decay flag ``d`` (PyTorch ``AdamW``
@@ -154,7 +154,7 @@ def make_optimizer(
 def clamp_temperature(params: Any, lo: float, hi: float) -> Any:
     """Returns ``params`` with the top-level ``temp`` leaf clipped to ``[lo, hi]``.
 
-    SPEC §5: the ITC temperature is clamped before every step (the reference does it in-place at
+    The ITC temperature is clamped before every step (docs/design.md §6; the reference does it at
     the start of the forward pass), so call this on the params at the top of the train step,
     before the loss. Expects unboxed params (as the train step holds them).
     """

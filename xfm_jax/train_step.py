@@ -5,7 +5,7 @@ text, image, image_text, region and video. ``config.streams[stream]`` names the 
 stream with their weights. Two update schedules, both inside one jitted function:
 
 * ``summed``: every stream's weighted losses are added and the optimizer steps once (X²-VLM).
-* ``reference``: X-FM's iteration of SPEC §7, sequential updates over stream groups
+* ``reference``: X-FM's iteration of docs/design.md §9, sequential updates over stream groups
   (``text`` | ``region, image`` | ``image_text`` by default), each group's gradients computed at
   the parameters left by the previous update; the learning-rate schedule ticks once per step.
 

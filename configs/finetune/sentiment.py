@@ -1,4 +1,4 @@
-r"""Sentence sentiment (SST-2-like, SPEC §10 GLUE), language encoder + MLP on <s>, on the
+r"""Sentence sentiment (SST-2-like, docs/design.md §12 GLUE), language encoder + MLP on <s>, on the
 offline movie-review sentences (10,605; docs/data.md: movie_reviews; the builder reads the
 vaderSentiment sdist from $XFM_DOWNLOAD_DIR).
 

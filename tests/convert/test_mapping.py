@@ -1,4 +1,4 @@
-"""The weight mapping: layouts checked against torch, the reference key names of SPEC §11,
+"""The weight mapping: layouts checked against torch, the reference key names of docs/design.md §13,
 exact round trips (looped and scanned), and the strictness of the import."""
 
 import itertools
@@ -31,7 +31,7 @@ def _names(*patterns: str) -> list[str]:
     return sorted(name for p in patterns for name in _expand(p))
 
 
-# SPEC §11, written out by hand for one vision block, one text and one fusion layer.
+# docs/design.md §13, written out by hand for one vision block, one text and one fusion layer.
 _VISION = (
     'vision_encoder.{cls_token,patch_embed.proj.weight,patch_embed.proj.bias,fc_norm.weight,fc_norm.bias}',
     'vision_encoder.blocks.0.{norm1,norm2,attn.proj,mlp.fc1,mlp.fc2}.{weight,bias}',

@@ -1,4 +1,4 @@
-"""MLM / MIM masks and box geometry against the SPEC's formulas, computed by hand."""
+"""MLM / MIM masks and box geometry against the formulas of docs/design.md §11, computed by hand."""
 
 import numpy as np
 import pytest

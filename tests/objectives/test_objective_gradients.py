@@ -1,4 +1,4 @@
-"""Which parameters each objective trains (SPEC §6): X-FM's stop-gradient and MIM's target."""
+"""What each objective trains (docs/design.md §8): X-FM's stop-gradient and MIM's target."""
 
 import jax
 import jax.numpy as jnp

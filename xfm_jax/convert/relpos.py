@@ -1,4 +1,4 @@
-"""Resizing BEiT relative-position bias tables to another image resolution (SPEC §2).
+"""Resizing BEiT relative-position bias tables to another image resolution (docs/design.md §3).
 
 A table of a grid g holds (2g-1)^2 patch-pair entries indexed by (dy, dx) in [-(g-1), g-1]^2,
 plus three extra entries (cls->patch, patch->cls, cls->cls). BEiT does not resize it with plain

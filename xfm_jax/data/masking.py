@@ -14,7 +14,7 @@ import numpy as np
 def mlm_mask(ids: np.ndarray, length: int, rng: np.random.Generator, *, mask_prob: float,
              max_masks: int, mask_id: int, vocab_size: int, span_prob: float = 0.2,
              span_sizes: tuple[int, int] = (2, 3)) -> tuple[np.ndarray, np.ndarray]:
-    """Masks one tokenised text (SPEC §9), following the released TextMaskingGenerator.
+    """Masks one tokenised text (docs/design.md §11), following the released TextMaskingGenerator.
 
     n = min(max_masks, max(1, round(length * mask_prob))) positions are chosen among 1..length-1
     (position 0, the start token, never; the end token may be). Candidate start positions are
@@ -99,7 +99,7 @@ def block_mim_mask(rng: np.random.Generator, *, grid: int, num_masked: int, min_
 
 
 def box_patch_mask(box_xywh: np.ndarray, *, image_size: int, patch_size: int) -> np.ndarray:
-    """Patches covered by pixel boxes (SPEC §9), on the ``image_size // patch_size`` grid.
+    """Patches covered by pixel boxes (docs/design.md §11) on the ``image_size // patch_size`` grid.
 
     Columns floor(x / P) .. max(floor(x / P) + 1, ceil((x + w) / P)) (exclusive end), rows alike,
     clipped to the grid: every box covers at least one patch.

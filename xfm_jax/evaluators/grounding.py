@@ -1,4 +1,4 @@
-"""Visual grounding with the box head (SPEC §10, RefCOCO+-style): the fusion encoder reads the
+"""Visual grounding by the box head (docs/design.md §12, RefCOCO+): the fusion encoder reads the
 WHOLE image and one region phrase; the box head's (cx, cy, w, h) counts as right when its IoU
 with the phrase's box reaches the threshold.
 

@@ -1,4 +1,4 @@
-"""MLP probe (X-FM's frozen-feature evaluation, SPEC §10): a one-hidden-layer MLP trained on
+"""MLP probe (X-FM's frozen-feature evaluation, docs/design.md §12): a 1-hidden-layer MLP trained on
 FROZEN image features (vision token 0, standardised; the linear probe's features), with a
 validation part held out of the training split choosing the step whose parameters are scored
 on the test split.

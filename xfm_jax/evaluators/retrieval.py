@@ -1,4 +1,4 @@
-"""Zero-shot image-text retrieval (SPEC §10): rank by ITC similarity, then re-rank each query's
+"""Zero-shot retrieval (docs/design.md §12): rank by ITC similarity, then re-rank each query's
 top-k candidates by the ITM match probability of the fusion encoder, as the papers do.
 
 Settings (``config.evaluate.retrieval``): ``source``, ``split``, ``max_images`` (0: all),

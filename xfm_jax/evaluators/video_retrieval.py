@@ -1,4 +1,4 @@
-"""Zero-shot video-text retrieval (X²-VLM, SPEC §10 MSRVTT text->video R@1): each clip is
+"""Zero-shot video-text retrieval (X²-VLM, docs/design.md §12 MSRVTT text->video R@1): each clip is
 encoded as in pre-training (``config.model.video_frames`` frames through the ViT, plus the learned
 frame embedding, mean over frames), ranked against the captions by ITC, and each query's top-k
 candidates re-ranked by the ITM match probability, exactly as image retrieval

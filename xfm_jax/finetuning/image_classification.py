@@ -1,4 +1,4 @@
-"""Image classification by full fine-tuning of the vision encoder (SPEC §10, ImageNet-style): an
+"""Image classification, full fine-tuning of the vision encoder (docs/design.md §12, ImageNet): an
 MLP head on vision token 0 (the mean of the normed patch tokens). The frozen-feature linear probe
 is an evaluator (``xfm_jax.evaluators.linear_probe``); ``train.trainable='head'`` here trains
 the MLP head on frozen features instead.

@@ -1,4 +1,4 @@
-"""NLVR2-style visual reasoning (SPEC §10): is one statement true of a PAIR of images? Each
+"""NLVR2-style reasoning (docs/design.md §12): is one statement true of a PAIR of images? Each
 image is fused with the statement separately; the two fusion [CLS] outputs are concatenated
 [B, 2D] -> MLP -> 2 classes (false, true).
 

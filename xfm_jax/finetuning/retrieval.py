@@ -1,4 +1,4 @@
-"""Image-text retrieval fine-tuning (SPEC §6, §10): ITC with image ids as soft multi-positive
+"""Retrieval fine-tuning (docs/design.md §7.2, §12): ITC with image ids as soft multi-positive
 targets (``objectives.itc`` with ``soft_targets``) + ITM with hard negatives
 (``objectives.itm``), on (image, caption) rows; evaluated by the retrieval evaluator (ITC ranking,
 top-k re-ranked by ITM) on ``config.evaluate.retrieval`` (its source and split). No new head:

@@ -1,4 +1,4 @@
-"""GLUE-style text classification and regression with the language encoder alone (SPEC §10): an
+"""GLUE-style text classification / regression, language encoder alone (docs/design.md §12): an
 MLP head on token 0 (``<s>`` / [CLS]); the image towers are never built into the parameters.
 
 Data (``config.task``):

@@ -1,5 +1,5 @@
 """The answer decoder of generative VQA (ALBEF, X-VLM; X-FM: "a generative decoder initialised
-from the fusion encoder", SPEC §10), and the ranking of candidate answers by their likelihood.
+from the fusion encoder", docs/design.md §12), and the ranking of candidate answers by likelihood.
 
 Answer ids (``cls answer sep``, padded) are embedded as the language encoder embeds its input, then
 pass the fusion encoder's layer structure with CAUSAL self-attention over the answer and

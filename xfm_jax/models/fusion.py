@@ -1,4 +1,4 @@
-"""The fusion encoder: post-LN layers of self-attention -> cross-attention(image) -> FFN (SPEC §4).
+"""The fusion encoder: post-LN self-attention -> cross-attention(image) -> FFN (docs/design.md §5).
 
 X-FM: a separate, randomly initialised stack with its own MLM decoder table. X²-VLM: layers 12-17
 of the BERT stack, sharing the text encoder's MLM head. Both are this module with another config.

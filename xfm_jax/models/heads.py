@@ -1,4 +1,4 @@
-"""Heads on token 0 of the encoders (SPEC §5): ITC projections, ITM and box MLPs."""
+"""Heads on token 0 of the encoders (docs/design.md §6): ITC projections, ITM and box MLPs."""
 
 from __future__ import annotations
 

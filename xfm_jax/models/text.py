@@ -1,5 +1,5 @@
 """BERT / RoBERTa language encoders, the post-LN transformer layer shared with the fusion stack,
-and the MLM head with a decoder tied to a word-embedding table (SPEC §3-4).
+and the MLM head with a decoder tied to a word-embedding table (docs/design.md §4-5).
 """
 
 from __future__ import annotations

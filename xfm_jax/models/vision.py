@@ -1,4 +1,4 @@
-"""BEiT-2 style ViT: the vision encoder of X-FM and X²-VLM (SPEC §2).
+"""BEiT-2 style ViT: the vision encoder of X-FM and X²-VLM (docs/design.md §3).
 
 Pre-LN blocks with layer scale, a relative position bias table per block (BEiT index with three
 extra entries for cls->patch, patch->cls and cls->cls), q/v biases without a key bias, exact GELU

@@ -1,4 +1,4 @@
-"""Pre-training objectives (SPEC §6): pure functions over a stream's shared encodings.
+"""Pre-training objectives (docs/design.md §7): pure functions over a stream's shared encodings.
 
 Use, inside the loss function given to ``jax.grad`` (this is what ``xfm_jax.train_step`` does)::
 

@@ -1,4 +1,4 @@
-"""Box prediction for region texts (SPEC §6.5): L1 + (1 - GIoU) on normalised (cx, cy, w, h)."""
+"""Box prediction for region texts (docs/design.md §7.5): L1 + (1 - GIoU) on (cx, cy, w, h)."""
 
 from __future__ import annotations
 

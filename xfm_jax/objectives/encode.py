@@ -13,7 +13,7 @@ import jax.numpy as jnp
 
 from xfm_jax import streams as streams_lib
 
-# Which objectives apply to which stream (SPEC §6-7). MIM needs unmasked images with a patch
+# Which objectives apply to which stream (docs/design.md §7). MIM needs unmasked images with a patch
 # mask, so not region crops; box regression needs boxes, so region batches only.
 STREAM_OBJECTIVES = {
     'text': ('mlm',),

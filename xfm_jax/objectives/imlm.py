@@ -1,4 +1,4 @@
-"""Image-conditioned masked language modelling (IMLM, SPEC §6.4): the MASKED text is re-encoded
+"""Image-conditioned masked LM (IMLM, docs/design.md §7.4): the MASKED text is re-encoded
 by the language encoder and fused with the image; the fusion MLM head predicts the masked ids."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Image-text contrastive loss (ITC, SPEC §6.2) over every pair the function sees.
+"""Image-text contrastive loss (ITC, docs/design.md §7.2) over every pair the function sees.
 
 Under ``jit`` with the batch sharded over devices, the arrays here are the GLOBAL batch, so the
 similarity matrix already spans all data shards: no explicit all-gather is written.

@@ -1,4 +1,4 @@
-"""Image-text matching with hard negatives (ITM, SPEC §6.3).
+"""Image-text matching with hard negatives (ITM, docs/design.md §7.3).
 
 Negatives are mined within contiguous groups of the batch (``settings.negative_groups``): the
 reference mines in each device's LOCAL batch, so the train step sets the number of batch shards.

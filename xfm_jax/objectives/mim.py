@@ -1,4 +1,4 @@
-"""Vision-language guided masked image modelling (X-FM, SPEC §6.6).
+"""Vision-language guided masked image modelling (X-FM, docs/design.md §7.6).
 
 The target is the same online vision encoder's output on the UNMASKED image, through
 stop_gradient (no EMA teacher); the prediction is a second pass with the batch's patch mask.

@@ -1,4 +1,4 @@
-"""Text masked language modelling on the language encoder's MLM head (SPEC §6.1)."""
+"""Text masked language modelling on the language encoder's MLM head (docs/design.md §7.1)."""
 
 from __future__ import annotations
 
