@@ -11,7 +11,7 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from xfm_jax.data.builders import user
+from xfm_jax.data.builders import schema, user
 
 COLOURS = {'red': (220, 20, 20), 'green': (20, 200, 20), 'blue': (20, 20, 220),
            'yellow': (230, 230, 20)}
@@ -33,7 +33,7 @@ def _build(tmp_path, name, split='train', **fields):
     tfds.builder('xfm_user', data_dir=str(tmp_path / 'tfds'), config=config).download_and_prepare()
     reloaded = tfds.builder('xfm_user', data_dir=str(tmp_path / 'tfds'), config=config)
     examples = list(tfds.as_numpy(reloaded.as_dataset(split)))
-    return examples, dict(reloaded.info.metadata['bad'][split])
+    return examples, schema.accounting(reloaded.info.metadata, split)
 
 
 def _dump(path, data):
@@ -69,13 +69,14 @@ def test_karpathy_groups_captions_by_image(tmp_path):
     assert _colour(by_key['val2014/a.png']['image']) == 'red'
     assert by_key['val2014/b.png']['image'].shape == (30, 40, 3)
     # The blank caption; the missing file; the record without an image.
-    assert counts == {'empty_text': 1, 'missing_file': 1, 'malformed_record': 1}
+    assert counts == {'bad': {'missing_file': 1, 'malformed_record': 1},
+                      'dropped_parts': {'empty_text': 1}, 'accepted': 2}
     examples, counts = _build(tmp_path, 'karpathy', 'validation', **fields)
     by_key = {ex['image_key'].decode(): ex for ex in examples}
     assert _texts(by_key['val2014/b.png']['captions']) == ['b one', 'b two', 'b three']
     assert _texts(by_key['val2014/a.png']['captions']) == ['a one']
     assert _colour(by_key['val2014/b.png']['image']) == 'blue'
-    assert counts == {'long_text': 1}
+    assert counts == {'dropped_parts': {'long_text': 1}, 'accepted': 2}
 
 
 def _vqa_files(tmp_path):
@@ -131,7 +132,8 @@ def test_vqa_v2_questions_answers_and_images(tmp_path):
         [1.0, 2 / 3, 1 / 3, 0.0]
     # Question 12 is not annotated; image 3 has no file; one question and one annotation have
     # no ids.
-    assert counts == {'no_answer': 1, 'missing_file': 1, 'malformed_record': 2}
+    assert counts == {'bad': {'missing_file': 1},
+                      'dropped_parts': {'no_answer': 1, 'malformed_record': 2}, 'accepted': 2}
 
 
 def test_vqa_v2_test_split_without_answers_and_a_custom_pattern(tmp_path):
@@ -140,7 +142,7 @@ def test_vqa_v2_test_split_without_answers_and_a_custom_pattern(tmp_path):
         {'image_id': 7, 'question': 'What is it?', 'question_id': 70}]})
     examples, counts = _build(tmp_path, 'vqa_test', format='vqa_v2', path=questions,
                               image_pattern='images/img_{image_id}.png')
-    assert len(examples) == 1 and counts == {}
+    assert len(examples) == 1 and counts == {'accepted': 1}
     qa = examples[0]['qa']
     assert _texts(qa['question']) == ['What is it?'] and _texts(qa['answer']) == ['']
     assert qa['answers'].to_list() == [[]] and list(qa['question_id']) == [70]
@@ -194,7 +196,8 @@ def test_refcoco_expressions_become_boxed_phrases(tmp_path):
                                                        [20, 10, 12, 20]])
     assert len(ex['captions']) == 0
     # ref 3's box; ref 4's blank text, after which image b has no box left.
-    assert counts == {'bad_box': 1, 'empty_text': 1, 'no_boxes': 1}
+    assert counts == {'bad': {'no_boxes': 1}, 'dropped_parts': {'bad_box': 1, 'empty_text': 1},
+                      'accepted': 1}
 
 
 def _folder_fields(tmp_path):
@@ -217,10 +220,10 @@ def test_image_folder_labels_and_captions(tmp_path):
                   _colour(ex['image'])) for ex in examples)
     assert got == [('cat/1.png', 0, ['cat'], 'red'), ('cat/2.png', 0, ['cat'], 'green'),
                    ('dog_house/3.png', 1, ['dog house'], 'blue')]
-    assert counts == {'not_an_image': 1, 'no_class': 1}
+    assert counts == {'bad': {'not_an_image': 1, 'no_class': 1}, 'accepted': 3}
     examples, counts = _build(tmp_path, 'folders', 'validation', **fields)
     assert [(int(ex['label']), _colour(ex['image'])) for ex in examples] == [(0, 'yellow')]
-    assert counts == {'unknown_class': 1}  # zebra is no training class
+    assert counts == {'bad': {'unknown_class': 1}, 'accepted': 1}  # zebra is no training class
     builder = tfds.builder('xfm_user', data_dir=str(tmp_path / 'tfds'),
                            config=user.UserConfig(name='folders', **fields))
     assert builder.info.features['label'].names == ['cat', 'dog_house']
@@ -290,8 +293,9 @@ def test_nlvr2_official_layout_and_explicit_images(tmp_path):
         ('x-1', 'Explicit paths.', 0, 'yellow', 'red', 'dev-3-1-img1.png',
          'train/12/train-5-0-img0.png'),
     ])
-    assert counts == {'missing_file': 1, 'bad_label': 1, 'empty_text': 1, 'no_text': 1,
-                      'malformed_record': 1}
+    assert counts == {'bad': {'missing_file': 1, 'bad_label': 1, 'no_text': 1,
+                              'malformed_record': 1},
+                      'dropped_parts': {'empty_text': 1}, 'accepted': 4}
 
 
 def test_bad_files_are_errors_naming_the_file(tmp_path):

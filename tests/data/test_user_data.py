@@ -3,7 +3,6 @@ and counted by reason, at build time and through the pipeline's bad_counts(). Ex
 are worked out by hand from the files each test writes."""
 
 import base64
-import io
 import json
 
 import numpy as np
@@ -11,7 +10,7 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from xfm_jax.data.builders import user
+from xfm_jax.data.builders import schema, user
 
 RED = (200, 30, 30)
 
@@ -47,7 +46,7 @@ def _build(tmp_path, name, **fields):
     reloaded = tfds.builder('xfm_user', data_dir=str(tmp_path / 'tfds'),
                             config=user.UserConfig(name=name, **fields))
     examples = list(tfds.as_numpy(reloaded.as_dataset('train')))
-    return examples, dict(reloaded.info.metadata['bad']['train'])  # counts survive a reload
+    return examples, schema.accounting(reloaded.info.metadata, 'train')  # survives a reload
 
 
 def _write_jsonl(path, records):
@@ -72,14 +71,17 @@ def test_jsonl_pairs_and_bad_data(tmp_path, images, caplog):
         '{"image": "good.jpg", "caption": ',
     ]
     path = _write_jsonl(tmp_path / 'pairs.jsonl', records)
-    with caplog.at_level('WARNING'):
+    with caplog.at_level('INFO'):
         examples, counts = _build(tmp_path, 'pairs', format='jsonl', path=path)
     # Kept: good, base64, data uri, grey, cmyk, alpha. Dropped: truncated + corrupt (undecodable),
     # missing, '' caption (no usable text), no "caption" key, bad JSON (both malformed).
     assert len(examples) == 6
-    assert counts == {'converted_grey': 1, 'converted_cmyk': 1, 'converted_alpha': 1,
-                      'undecodable_image': 2, 'missing_file': 1, 'no_text': 1,
-                      'empty_text': 2, 'long_text': 1, 'malformed_record': 2}
+    # Each dropped record once (the '' caption is a dropped part and its record's no_text);
+    # conversions and parts of kept records apart.
+    assert counts == {'bad': {'undecodable_image': 2, 'missing_file': 1, 'no_text': 1,
+                              'malformed_record': 2},
+                      'converted': {'grey': 1, 'cmyk': 1, 'alpha': 1},
+                      'dropped_parts': {'empty_text': 2, 'long_text': 1}, 'accepted': 6}
     by_caption = {tuple(c.decode() for c in ex['captions']): ex for ex in examples}
     assert set(by_caption) == {('A red picture',), ('base64 inline',), ('a data uri',),
                                ('grey',), ('cmyk',), ('alpha',)}
@@ -91,6 +93,7 @@ def test_jsonl_pairs_and_bad_data(tmp_path, images, caplog):
     # PIL's CMYK -> RGB: pure cyan (255, 0, 0, 0) is (0, 255, 255).
     assert np.abs(by_caption[('cmyk',)]['image'].astype(int) - (0, 255, 255)).max() < 12
     assert 'undecodable_image in ' in caplog.text and 'pairs.jsonl:7' in caplog.text
+    assert 'xfm_user/pairs/train: accepted 6 of 12 records' in caplog.text
 
 
 def test_coco_captions(tmp_path, images):
@@ -104,7 +107,8 @@ def test_coco_captions(tmp_path, images):
                               path=str(tmp_path / 'captions.json'))
     assert sorted(sorted(c.decode() for c in ex['captions']) for ex in examples) == [
         ['first', 'second'], ['third']]
-    assert counts == {'converted_grey': 1, 'no_text': 1}  # image 3 has no caption
+    assert counts == {'bad': {'no_text': 1}, 'converted': {'grey': 1},  # image 3: no caption
+                      'accepted': 2}
 
 
 def test_xvlm_regions_boxes_clipped_or_dropped(tmp_path, images):
@@ -129,7 +133,8 @@ def test_xvlm_regions_boxes_clipped_or_dropped(tmp_path, images):
     assert [c.decode() for c in ex['captions']] == ['a red image']
     # outside, zero width, three numbers, off the right: bad boxes; the blank phrase: empty text;
     # the second record keeps nothing.
-    assert counts == {'bad_box': 4, 'empty_text': 1, 'no_boxes': 1}
+    assert counts == {'bad': {'no_boxes': 1}, 'dropped_parts': {'bad_box': 4, 'empty_text': 1},
+                      'accepted': 1}
 
 
 def test_text_files_and_video_frames(tmp_path, images):
@@ -139,7 +144,7 @@ def test_text_files_and_video_frames(tmp_path, images):
     examples, counts = _build(tmp_path, 'texts', format='text', path=str(tmp_path / '*.txt'))
     assert sorted(ex['text'].decode() for ex in examples) == ['first line', 'second line',
                                                                'third line']
-    assert counts == {'undecodable_text': 1}
+    assert counts == {'bad': {'undecodable_text': 1}, 'accepted': 3}
     clip = tmp_path / 'clip'
     clip.mkdir()
     for i, colour in enumerate([(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0)]):
@@ -153,7 +158,8 @@ def test_text_files_and_video_frames(tmp_path, images):
     # 3 of 4 good frames, evenly spaced: indices 0, 1.5 -> 2 (round half to even), 3.
     np.testing.assert_allclose(examples[0]['frames'][:, 6, 8], [[255, 0, 0], [0, 0, 255],
                                                                 [255, 255, 0]], atol=12)
-    assert counts == {'undecodable_image_frame': 1, 'missing_file': 1}
+    assert counts == {'bad': {'missing_file': 1},
+                      'dropped_parts': {'undecodable_image_frame': 1}, 'accepted': 1}
 
 
 def test_user_sources_feed_the_pipeline_and_bad_counts(tmp_path, images, data_dir):
@@ -185,5 +191,5 @@ def test_user_sources_feed_the_pipeline_and_bad_counts(tmp_path, images, data_di
     # The region record keeps one box (anchor): box_valid is 1 in slot 0 or 1 (after a caption;
     # this record has none, so slot 0).
     assert (batch['region']['box_valid'][:, 0] == 1).all()
-    assert counts == {'image_text': {'converted_grey': 1, 'undecodable_image': 1},
-                      'region': {'bad_box': 1}}
+    # Dropped records only: the grey conversion and the region's bad box are kept records.
+    assert counts['image_text'] == {'undecodable_image': 1} and not counts.get('region')

@@ -3,6 +3,8 @@ docs/data.md). Formats (JSON "list" formats also read JSONL, one record per line
 
   ``jsonl``        image-text pairs: one JSON object per line,
                    {"image": path | base64 | "data:...;base64,...", "caption": str | [str, ...]}
+                   (field names: ``image_field``, ``caption_field``; ``preset='xvlm'`` reads
+                   the X-VLM / X²-VLM pre-training shards: {"binary": base64, "desc": ...})
   ``coco``         COCO captions JSON: {"images": [{"id", "file_name"}],
                    "annotations": [{"image_id", "caption"}]}
   ``karpathy``     COCO / Flickr30k Karpathy-split retrieval JSON (ALBEF, X-VLM): a list of
@@ -10,7 +12,8 @@ docs/data.md). Formats (JSON "list" formats also read JSONL, one record per line
                    training files repeat it, one caption each) become one example.
   ``xvlm_region``  X-VLM region JSON: {"image", "caption"?: str | [str],
                    "elems": [{"bb": [x, y, w, h] pixels, "caption": str, "attributes"?: [str]}]};
-                   an element's phrase is its attributes then its caption ("red car").
+                   an element's phrase is its attributes then its caption ("red car"); the
+                   released files (``preset='xvlm'``) hold the image as base64 in "binary".
   ``refcoco``      RefCOCO / RefCOCO+ / RefCOCOg referring expressions: a list of {"image",
                    "text": str | "sentences": [str], "bbox": [x, y, w, h] pixels, "ref_id"?}; the
                    expressions of one image become its boxed phrases (``objects``).
@@ -27,12 +30,22 @@ docs/data.md). Formats (JSON "list" formats also read JSONL, one record per line
   ``text``         text files (``path`` may be a glob): one example per non-blank line.
   ``video_frames`` JSONL {"frames": folder of image files (sorted by name), "caption": ...}.
 
-Relative image paths resolve against ``image_root`` (default: the annotation file's folder).
-Nothing a record holds can crash the build: unusable records and parts of records are dropped
-and counted per reason in ``info.metadata['bad']`` (the pipeline's ``bad_counts()`` starts from
-them), the first few logged with file and line; converted images (grey, CMYK, alpha, palette)
-are kept and counted as ``converted_<kind>``. A missing or malformed *file* (not JSON, a
-missing top-level key) is an error naming the file and the config key that points at it.
+Line formats (``jsonl``, ``karpathy``, ``xvlm_region``, ``refcoco``, ``nlvr2``, ``text``,
+``video_frames``) take in ``path`` (and ``validation_path``) comma-separated files, globs and
+folders (every file in it: the reference's shard folders), local or ``gs://``, and read them
+line by line (a file that is one JSON list is read whole); records of one image are grouped
+within a file. Relative image paths resolve against ``image_root`` (default: each annotation
+file's folder). Images are stored at most ``max_image_side`` pixels on their longer side
+(aspect kept; boxes scaled with them); sources over ``max_image_pixels`` are refused unread.
+
+Nothing a record holds can crash the build, and a bad record never costs a good one: each
+unusable record is dropped and counted once, by reason, in ``info.metadata['bad']`` (the
+pipeline's ``bad_counts()`` starts from them), the first few logged with file and line; unusable
+parts of kept records (a caption, a box, a question, a frame) are counted in
+``metadata['dropped_parts']``, converted images (grey, CMYK, alpha, palette, 16-bit, float) in
+``metadata['converted']``. Each split logs "accepted N of M records" with those counts. A
+missing or malformed *file* (not JSON, a missing top-level key) is an error naming the file and
+the config key that points at it.
 """
 
 from __future__ import annotations
@@ -41,7 +54,6 @@ import base64
 import binascii
 import collections
 import dataclasses
-import glob
 import json
 import math
 import os
@@ -49,6 +61,7 @@ import os
 import numpy as np
 import tensorflow_datasets as tfds
 
+from xfm_jax import paths
 from xfm_jax.data.builders import schema
 
 FORMATS = {'jsonl': 'image_text', 'coco': 'image_text', 'karpathy': 'image_text',
@@ -57,7 +70,11 @@ FORMATS = {'jsonl': 'image_text', 'coco': 'image_text', 'karpathy': 'image_text'
            'video_frames': 'video'}
 REGION_FORMATS = ('xvlm_region', 'refcoco')  # boxed phrases: feed the region stream
 QA_FORMATS = ('vqa_v2',)  # question-answer pairs: the vqa_image_text stream, VQA fine-tuning
-_IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp')
+_IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp', '.tif', '.tiff')
+# Field names of the reference repositories' own pre-training files (X-VLM / X²-VLM configs:
+# images: {image_key: "binary", caption_key: "desc"}; regions: {image_key: "binary"}).
+PRESETS = {'': {}, 'xvlm': {'jsonl': dict(image_field='binary', caption_field='desc'),
+                            'xvlm_region': dict(image_field='binary')}}
 
 
 @dataclasses.dataclass
@@ -73,6 +90,23 @@ class UserConfig(tfds.core.BuilderConfig):
     annotations_path: str = ''
     validation_annotations_path: str = ''
     image_pattern: str = '{subtype}/COCO_{subtype}_{image_id:012d}.jpg'
+    # jsonl / xvlm_region: the record's image and caption fields ('' = the preset's, else
+    # "image" and "caption"); preset: '' or 'xvlm' (the reference pre-training files).
+    preset: str = ''
+    image_field: str = ''
+    caption_field: str = ''
+    max_image_side: int = 512  # stored images: longer side at most this (0: as they are)
+    max_image_pixels: int = schema.MAX_IMAGE_PIXELS  # larger sources are refused, counted
+
+
+def field_names(config: UserConfig) -> tuple[str, str]:
+    """(image field, caption field) of a jsonl / xvlm_region record."""
+    if config.preset not in PRESETS:
+        raise ValueError(f'data.user_sources.{config.name}.preset {config.preset!r} is not one '
+                         f'of {sorted(PRESETS)}.')
+    preset = PRESETS[config.preset].get(config.format, {})
+    return (config.image_field or preset.get('image_field', 'image'),
+            config.caption_field or preset.get('caption_field', 'caption'))
 
 
 def vqa_features() -> tfds.features.FeaturesDict:
@@ -86,11 +120,11 @@ def vqa_features() -> tfds.features.FeaturesDict:
 
 def class_names(config: UserConfig) -> list[str]:
     """image_folder: the sorted class folders under the train ``path``."""
-    if not os.path.isdir(config.path):
+    root = paths.resolve(config.path)
+    if not root.is_dir():
         raise FileNotFoundError(f'xfm_user/{config.name}: image_folder root {config.path!r} '
                                 f'(data.user_sources.{config.name}.path) is not a folder.')
-    names = sorted(n for n in os.listdir(config.path)
-                   if os.path.isdir(os.path.join(config.path, n)) and not n.startswith('.'))
+    names = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith('.'))
     if not names:
         raise ValueError(f'xfm_user/{config.name}: {config.path} has no class folders '
                          '(ROOT/<class name>/<image files>).')
@@ -133,19 +167,21 @@ class XfmUser(tfds.core.GeneratorBasedBuilder):
     def _generate_examples(self, path: str, split: str):
         config = self.builder_config
         log = schema.drop_log(self, split)
-        root = config.image_root or (path if os.path.isdir(path) else os.path.dirname(path))
-        reader = Reader(config, log, root)
-        for name, line, record in _records(config, path, split, log):
+        field_names(config)  # an unknown preset fails before any file is read
+        for root, name, line, record in _records(config, path, split, log):
             where = f'{name}:{line}'
             try:
-                example = getattr(reader, config.format)(record, where)
+                example = getattr(Reader(config, log, config.image_root or root),
+                                  config.format)(record, where)
             except schema.BadRecord as bad:
                 log.add(bad.reason, where, str(bad))
                 continue
             except (KeyError, TypeError, ValueError, AttributeError, IndexError) as error:
                 log.add('malformed_record', where, f'{type(error).__name__}: {error}')
                 continue
+            log.accepted += 1
             yield where, example
+        schema.finish(self, split, log)
 
 
 # --- Files -> records ---------------------------------------------------------------------------
@@ -153,12 +189,11 @@ class XfmUser(tfds.core.GeneratorBasedBuilder):
 def _load_json(path: str, key: str, what: str):
     """A whole JSON file; FileNotFoundError / ValueError naming the file and its config key."""
     schema.require(path, f'a file at this path (data.user_sources.<name>.{key})', what)
-    with open(path, encoding='utf-8') as f:
-        try:
-            return json.load(f)
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise ValueError(f'{what} {path} (data.user_sources.<name>.{key}) is not valid '
-                             f'JSON: {error}') from error
+    try:
+        return json.loads(paths.resolve(path).read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f'{what} {path} (data.user_sources.<name>.{key}) is not valid '
+                         f'JSON: {error}') from error
 
 
 def _field(data, key: str, path: str, what: str):
@@ -168,30 +203,61 @@ def _field(data, key: str, path: str, what: str):
     return data[key]
 
 
-def _json_records(path: str, what: str, log: schema.DropLog):
-    """(index, record) of a JSON list (index from 0) or JSONL (line number from 1; a bad line is
-    counted, not raised)."""
-    schema.require(path, 'a file at this path (data.user_sources.<name>.path)', what)
-    with open(path, encoding='utf-8') as f:
-        content = f.read()
-    if content.lstrip().startswith('['):
+def source_files(spec: str, what: str) -> list:
+    """The files a user path names: comma-separated files, globs and folders (every visible
+    file in it, sorted), local or ``gs://``; FileNotFoundError naming what matches nothing."""
+    found = []
+    for part in (p.strip() for p in spec.split(',')):
+        if not part:
+            continue
+        path = paths.resolve(part)
+        if not any(c in part for c in '*?[') and path.is_dir():
+            files = sorted((p for p in path.iterdir()
+                            if p.is_file() and not p.name.startswith('.')), key=os.fspath)
+        else:
+            files = [p for p in paths.glob(part) if p.is_file()]
+        if not files:
+            raise FileNotFoundError(f'{what} {part!r} (data.user_sources.<name>.path) names no '
+                                    'file.')
+        found += files
+    return found
+
+
+def _lines(path, log: schema.DropLog):
+    """(line number from 1, text) of the non-blank lines of a file, read one line at a time; a
+    line that is not UTF-8 is counted and skipped, never the whole file."""
+    with path.open('rb') as f:
+        for number, raw in enumerate(f, 1):
+            try:
+                text = raw.decode('utf-8')
+            except UnicodeDecodeError as error:
+                log.add('undecodable_text', f'{path}:{number}', str(error))
+                continue
+            if text.strip():
+                yield number, text
+
+
+def _json_records(path, what: str, log: schema.DropLog):
+    """(index, record) of a JSON list file (index from 0; read whole) or JSONL (line number from
+    1, read line by line; a malformed or non-UTF-8 line is counted, not raised)."""
+    with path.open('rb') as f:
+        head = f.read(4096).lstrip()
+    if head.startswith(b'['):
         try:
-            records = json.loads(content)
-        except json.JSONDecodeError as error:
+            records = json.loads(path.read_bytes())
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
             raise ValueError(f'{what} {path} starts with "[" but is not a valid JSON list: '
                              f'{error}') from error
         yield from enumerate(records)
         return
-    for number, line in enumerate(content.splitlines(), 1):
-        if not line.strip():
-            continue
+    for number, line in _lines(path, log):
         try:
             yield number, json.loads(line)
         except json.JSONDecodeError as error:
             log.add('malformed_record', f'{path}:{number}', str(error))
 
 
-def _by_image(path: str, records, log: schema.DropLog):
+def _by_image(path, records, log: schema.DropLog):
     """Records grouped by their "image" in first-seen order -> (first index, image, records)."""
     groups: dict = {}
     for index, record in records:
@@ -205,74 +271,103 @@ def _by_image(path: str, records, log: schema.DropLog):
 
 
 def _records(config: UserConfig, path: str, split: str, log: schema.DropLog):
-    """(file name, line or index, record) triples for ``Reader.<format>``. Records a file's
-    structure cannot place are counted; a missing or unreadable file raises."""
+    """(image root, file name, line or index, record) for ``Reader.<format>``. Records a
+    file's structure cannot place are counted; a missing or unreadable file raises."""
     format_ = config.format
     what = f'{format_} file'
-    if format_ == 'text':
-        paths = sorted(glob.glob(path))
-        if not paths:
-            raise FileNotFoundError(f'No text files match {path!r} (xfm_user text path).')
-        for name in paths:
-            with open(name, encoding='utf-8', errors='strict') as f:
-                try:
-                    lines = f.read().splitlines()
-                except UnicodeDecodeError as error:
-                    log.add('undecodable_text', name, str(error))
-                    continue
-            for number, text in enumerate(lines, 1):
-                if text.strip():
-                    yield name, number, text
-        return
     if format_ == 'image_folder':
-        yield from _folder_records(path, class_names(config), log)
+        for record in _folder_records(path, class_names(config), log):
+            yield path, *record
         return
     if format_ == 'coco':
-        data = _load_json(path, 'path', what)
-        files = {image['id']: image['file_name'] for image in _field(data, 'images', path, what)}
-        captions: dict = {}
-        for annotation in _field(data, 'annotations', path, what):
-            captions.setdefault(annotation['image_id'], []).append(annotation['caption'])
-        for image_id, file_name in files.items():
-            yield path, image_id, {'image': file_name, 'caption': captions.get(image_id, [])}
+        yield from ((os.path.dirname(path), *r) for r in _coco_records(path, log))
         return
     if format_ == 'vqa_v2':
         annotations = (config.annotations_path if split == 'train'
                        else config.validation_annotations_path)
-        yield from _vqa_records(config, path, annotations, log)
+        for record in _vqa_records(config, path, annotations, log):
+            yield os.path.dirname(path), *record
         return
-    records = _json_records(path, what, log)
-    if format_ in ('karpathy', 'refcoco'):
-        for index, image, group in _by_image(path, records, log):
-            yield path, index, {'image': image, 'records': group}
-        return
-    for index, record in records:
-        yield path, index, record
+    for file in source_files(path, what):
+        root = os.fspath(file.parent)
+        if format_ == 'text':
+            for number, text in _lines(file, log):
+                yield root, file, number, text
+            continue
+        records = _json_records(file, what, log)
+        if format_ in ('karpathy', 'refcoco'):
+            for index, image, group in _by_image(file, records, log):
+                yield root, file, index, {'image': image, 'records': group}
+            continue
+        for index, record in records:
+            yield root, file, index, record
+
+
+def _coco_records(path: str, log: schema.DropLog):
+    """COCO captions -> (file, image id, {'image': file name, 'caption': [captions]}). An image
+    entry without an id or a file name, or whose id another entry repeats (its captions could
+    belong to either), is a dropped record; an annotation without a caption or a known image
+    is a dropped part."""
+    what = 'coco file'
+    data = _load_json(path, 'path', what)
+    entries = []
+    for index, image in enumerate(_field(data, 'images', path, what)):
+        image_id = image.get('id') if isinstance(image, dict) else None
+        name = image.get('file_name') if isinstance(image, dict) else None
+        if not isinstance(image_id, (int, str)) or not isinstance(name, str) or not name:
+            log.add('malformed_record', f'{path}: images[{index}]',
+                    f'no "id" or "file_name" in {image!r:.80}')
+        else:
+            entries.append((image_id, name))
+    per_id = collections.Counter(image_id for image_id, _ in entries)
+    files = {}
+    for image_id, name in entries:
+        if per_id[image_id] > 1:
+            log.add('duplicate_id', f'{path}: image id {image_id!r}',
+                    f'{per_id[image_id]} images share it; their captions could be any one\'s')
+        else:
+            files[image_id] = name
+    captions: dict = {}
+    for index, annotation in enumerate(_field(data, 'annotations', path, what)):
+        image_id = annotation.get('image_id') if isinstance(annotation, dict) else None
+        caption = annotation.get('caption') if isinstance(annotation, dict) else None
+        if isinstance(image_id, (int, str)) and per_id[image_id] > 1:
+            continue  # belongs to a dropped image
+        if not isinstance(image_id, (int, str)) or image_id not in files:
+            log.part('no_image', f'{path}: annotations[{index}]', f'{annotation!r:.80}')
+        elif caption is None:
+            log.part('empty_text', f'{path}: annotations[{index}]', 'no "caption"')
+        else:
+            captions.setdefault(image_id, []).append(caption)
+    for image_id, file_name in files.items():
+        yield path, image_id, {'image': file_name, 'caption': captions.get(image_id, [])}
 
 
 def _folder_records(root: str, names: list[str], log: schema.DropLog):
     """ROOT/<class>/<file> -> (class folder, file name, {'image': path, 'label': class}); files
     outside a known class folder and files without an image suffix are counted."""
-    if not os.path.isdir(root):
+    root_path = paths.resolve(root)
+    if not root_path.is_dir():
         raise FileNotFoundError(f'image_folder root {root} (data.user_sources.<name>.'
                                 'validation_path) is not a folder.')
-    for entry in sorted(os.listdir(root)):
-        folder = os.path.join(root, entry)
+    for folder in sorted(root_path.iterdir(), key=os.fspath):
+        entry = folder.name
         if entry.startswith('.'):
             continue
-        if not os.path.isdir(folder):
-            log.add('no_class', folder, 'a file outside any class folder')
+        if not folder.is_dir():
+            log.add('no_class', os.fspath(folder), 'a file outside any class folder')
             continue
         if entry not in names:
-            log.add('unknown_class', folder, f'not among the train classes {names[:5]}...')
+            log.add('unknown_class', os.fspath(folder), f'not among the train classes '
+                    f'{names[:5]}...')
             continue
-        for name in sorted(os.listdir(folder)):
-            if name.startswith('.'):
+        for file in sorted(folder.iterdir(), key=os.fspath):
+            if file.name.startswith('.'):
                 continue
-            if os.path.splitext(name)[1].lower() not in _IMAGE_SUFFIXES:
-                log.add('not_an_image', os.path.join(folder, name))
+            if file.suffix.lower() not in _IMAGE_SUFFIXES:
+                log.add('not_an_image', os.fspath(file))
                 continue
-            yield folder, name, {'image': os.path.join(folder, name), 'label': entry}
+            yield os.fspath(folder), file.name, {'image': f'{entry}/{file.name}', 'label': entry}
 
 
 def _vqa_records(config: UserConfig, path: str, annotations_path: str, log: schema.DropLog):
@@ -299,19 +394,23 @@ def _vqa_records(config: UserConfig, path: str, annotations_path: str, log: sche
         annotations = _field(_load_json(annotations_path, key, 'vqa_v2 annotations file'),
                              'annotations', annotations_path, 'vqa_v2 annotations file')
         for index, annotation in enumerate(annotations):
-            if isinstance(annotation, dict) and 'question_id' in annotation:
-                answers[annotation['question_id']] = annotation
-            else:
-                log.add('malformed_record', f'{annotations_path}:{index}',
-                        f'annotation without question_id: {annotation!r:.80}')
+            question_id = annotation.get('question_id') if isinstance(annotation, dict) else None
+            if isinstance(question_id, (int, str)):
+                answers[question_id] = annotation
+            else:  # its question is then counted as 'no_answer'
+                log.part('malformed_record', f'{annotations_path}:{index}',
+                         f'annotation without a question_id: {annotation!r:.80}')
     per_image: dict = {}
     for index, question in enumerate(questions):
-        if not isinstance(question, dict) or 'image_id' not in question:
-            log.add('malformed_record', f'{path}:{index}',
-                    f'question without image_id: {question!r:.80}')
+        image_id = question.get('image_id') if isinstance(question, dict) else None
+        if not isinstance(image_id, (int, str)):  # a list or a dict names no one image
+            log.part('malformed_record', f'{path}:{index}',
+                     f'question without an image_id: {question!r:.80}')
             continue
-        annotation = answers.get(question.get('question_id')) if answers else None
-        per_image.setdefault(question['image_id'], []).append((question, annotation))
+        question_id = question.get('question_id')
+        annotation = (answers.get(question_id) if isinstance(question_id, (int, str))
+                      else None)
+        per_image.setdefault(image_id, []).append((question, annotation))
     for image_id, group in per_image.items():
         try:
             image = config.image_pattern.format(subtype=subtype, image_id=image_id)
@@ -353,36 +452,44 @@ class Reader:
     image_root: str
 
     def _image(self, value, where: str):
-        """An existing (or image-named) path under image_root, a data URI or raw base64."""
+        """An image-named or existing path under image_root (local or gs://), a data URI or raw
+        base64; at most ``max_image_side`` on its longer side."""
         if not isinstance(value, str) or not value:
             raise schema.BadRecord('malformed_record',
-                                   f'"image" must be a path or base64, got {value!r}')
-        path = os.path.join(self.image_root, value)
-        if not value.startswith('data:') and (
-                os.path.exists(path) or os.path.splitext(value)[1].lower() in _IMAGE_SUFFIXES):
-            return schema.load_image(path, self.log, where)
+                                   f'"image" must be a path or base64, got {value!r:.80}')
+        limits = dict(max_side=self.config.max_image_side,
+                      max_pixels=self.config.max_image_pixels)
+        if not value.startswith('data:'):
+            path = _join(self.image_root, value)
+            # Suffix first: a base64 string is never looked up as a (remote) file name.
+            if os.path.splitext(value)[1].lower() in _IMAGE_SUFFIXES or (
+                    len(value) < 1024 and path.exists()):
+                return schema.load_image(path, self.log, where, **limits)
         try:
             data = base64.b64decode(value.partition(',')[2] if value.startswith('data:')
                                     else value, validate=True)
         except (binascii.Error, ValueError) as error:
-            raise schema.BadRecord('missing_file', f'{path} does not exist and the value is not '
-                                   'base64') from error
-        return schema.load_image(data, self.log, where)
+            raise schema.BadRecord('missing_file', f'{value[:80]!r} is neither a file under '
+                                   f'{self.image_root} nor base64') from error
+        return schema.load_image(data, self.log, where, **limits)
 
     def _captions(self, value, where: str) -> list[str]:
-        """Usable captions of a str | [str] | None value; empty and over-long ones counted."""
+        """Usable captions of a str | [str] | {language: str} | None value; empty and over-long
+        ones counted as dropped parts."""
         if value is None:
             captions = []
         elif isinstance(value, (list, tuple)):
             captions = list(value)
+        elif isinstance(value, dict):  # the reference's multilingual captions
+            captions = list(value.values())
         else:
             captions = [value]
         kept = []
         for caption in captions:
             if not isinstance(caption, str) or not caption.strip():
-                self.log.add('empty_text', where, f'caption {caption!r}')
+                self.log.part('empty_text', where, f'caption {caption!r:.80}')
             elif len(caption) > self.config.max_caption_chars:
-                self.log.add('long_text', where, f'{len(caption)} characters')
+                self.log.part('long_text', where, f'{len(caption)} characters')
             else:
                 kept.append(caption.strip())
         return kept
@@ -392,13 +499,28 @@ class Reader:
                 'objects': {'bbox': np.array(boxes, np.float32).reshape(-1, 4),
                             'phrase': list(phrases)}}
 
+    def _box(self, bb, image, where: str):
+        """A box in source pixels -> clipped and scaled to the stored image, or None (counted)."""
+        width, height = image.info['original_size']
+        box = clip_box(bb, width, height)
+        if box is None:
+            self.log.part('bad_box', where, f'box {bb!r:.80} in {width}x{height}')
+            return None
+        return [v * image.width / width if i % 2 == 0 else v * image.height / height
+                for i, v in enumerate(box)]
+
     def jsonl(self, record: dict, where: str) -> dict:
+        image_field, caption_field = field_names(self.config)
+        captions = self._captions(record[caption_field], where)
+        if not captions:
+            raise schema.BadRecord('no_text', 'no usable caption')
+        return self._example(self._image(record[image_field], where), where, captions)
+
+    def coco(self, record: dict, where: str) -> dict:
         captions = self._captions(record['caption'], where)
         if not captions:
             raise schema.BadRecord('no_text', 'no usable caption')
         return self._example(self._image(record['image'], where), where, captions)
-
-    coco = jsonl
 
     def karpathy(self, record: dict, where: str) -> dict:
         """All captions of one image, in file order; image_key: the image path."""
@@ -410,18 +532,30 @@ class Reader:
         return self._example(self._image(record['image'], where), record['image'], captions)
 
     def xvlm_region(self, record: dict, where: str) -> dict:
-        image = self._image(record['image'], where)
+        """An element's phrases: its attributes (a string or a list of words) before each of its
+        captions (a string or a list)."""
+        image_field, caption_field = field_names(self.config)
+        image = self._image(record[image_field], where)
         boxes, phrases = [], []
         for i, elem in enumerate(record['elems']):
-            phrase = ' '.join([*elem.get('attributes', []), elem.get('caption', '')]).strip()
-            box = clip_box(elem['bb'], image.width, image.height)
+            at = f'{where} elem {i}'
+            if not isinstance(elem, dict):
+                self.log.part('malformed_record', at, f'{elem!r:.80}')
+                continue
+            attributes = elem.get('attributes') or []
+            attributes = [attributes] if isinstance(attributes, str) else attributes
+            if not isinstance(attributes, list) or not all(isinstance(a, str)
+                                                           for a in attributes):
+                self.log.part('malformed_record', at, f'attributes {attributes!r:.80}')
+                continue
+            box = self._box(elem.get('bb'), image, at)
             if box is None:
-                self.log.add('bad_box', f'{where} elem {i}', f'bb {elem["bb"]} in '
-                             f'{image.width}x{image.height}')
-            elif self._captions(phrase, f'{where} elem {i}'):
+                continue
+            for caption in self._captions(elem.get(caption_field), at):
                 boxes.append(box)
-                phrases.append(phrase)
-        captions = self._captions(record.get('caption'), where) if record.get('caption') else []
+                phrases.append(' '.join([*attributes, caption]).strip())
+        captions = (self._captions(record[caption_field], where)
+                    if record.get(caption_field) else [])
         if not boxes and not captions:
             raise schema.BadRecord('no_boxes', 'no usable box or caption')
         return self._example(image, where, captions, boxes, phrases)
@@ -432,10 +566,8 @@ class Reader:
         boxes, phrases = [], []
         for ref in record['records']:
             at = f'{where} ref {ref.get("ref_id", "?")}'
-            box = clip_box(ref.get('bbox'), image.width, image.height)
+            box = self._box(ref.get('bbox'), image, at)
             if box is None:
-                self.log.add('bad_box', at, f'bbox {ref.get("bbox")!r} in '
-                             f'{image.width}x{image.height}')
                 continue
             expressions = ref['sentences'] if 'sentences' in ref else ref.get('text')
             if isinstance(expressions, list):  # REFER's own refs: [{"sent": ...}, ...]
@@ -457,10 +589,10 @@ class Reader:
                     raise schema.BadRecord('no_answer', 'not in the annotations file')
                 answers, answer = _vqa_answers(annotation) if annotation else ([], '')
             except schema.BadRecord as bad:
-                self.log.add(bad.reason, at, str(bad))
+                self.log.part(bad.reason, at, str(bad))
                 continue
-            except (KeyError, TypeError, ValueError) as error:
-                self.log.add('malformed_record', at, f'{type(error).__name__}: {error}')
+            except (KeyError, TypeError, ValueError, AttributeError) as error:
+                self.log.part('malformed_record', at, f'{type(error).__name__}: {error}')
                 continue
             if not self._captions(text, at):
                 continue
@@ -492,8 +624,8 @@ class Reader:
             raise schema.BadRecord('no_text', 'no usable sentence')
         sides = []
         for candidates in nlvr2_images(record):
-            found = next((c for c in candidates
-                          if os.path.exists(os.path.join(self.image_root, c))), candidates[0])
+            found = next((c for c in candidates if _join(self.image_root, c).exists()),
+                         candidates[0])
             sides.append((found, self._image(found, where)))
         (left_key, left), (right_key, right) = sides
         return {'left_image': schema.jpeg_bytes(left), 'right_image': schema.jpeg_bytes(right),
@@ -508,20 +640,27 @@ class Reader:
         captions = self._captions(record['caption'], where)
         if not captions:
             raise schema.BadRecord('no_text', 'no usable caption')
-        folder = os.path.join(self.image_root, record['frames'])
-        names = sorted(n for n in (os.listdir(folder) if os.path.isdir(folder) else [])
-                       if os.path.splitext(n)[1].lower() in _IMAGE_SUFFIXES)
+        folder = _join(self.image_root, record['frames'])
+        files = sorted((p for p in (folder.iterdir() if folder.is_dir() else [])
+                        if p.suffix.lower() in _IMAGE_SUFFIXES), key=os.fspath)
         frames = []
-        for name in names:
+        for file in files:
             try:
-                frames.append(schema.load_image(os.path.join(folder, name), self.log, where))
+                frames.append(schema.load_image(file, self.log, where,
+                                                max_side=self.config.max_image_side,
+                                                max_pixels=self.config.max_image_pixels))
             except schema.BadRecord as bad:
-                self.log.add(f'{bad.reason}_frame', os.path.join(folder, name), str(bad))
+                self.log.part(f'{bad.reason}_frame', os.fspath(file), str(bad))
         if not frames:
             raise schema.BadRecord('missing_file', f'no decodable frames in {folder}')
         picks = np.linspace(0, len(frames) - 1, min(len(frames), self.config.max_frames))
         return {'frames': [schema.jpeg_bytes(frames[round(i)]) for i in picks],
                 'video_key': where, 'captions': captions}
+
+
+def _join(root: str, relative: str):
+    """``relative`` under ``root`` as a path of the path layer (local or gs://)."""
+    return paths.resolve(root) / relative
 
 
 def _vqa_answers(annotation: dict) -> tuple[list[str], str]:
