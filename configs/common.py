@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from xfm_jax import compilation
+
 
 def vision_config(*, width=768, depth=12, num_heads=12, image_size=224, patch_size=16,
                   use_mask_token=True) -> ml_collections.ConfigDict:
@@ -26,7 +28,7 @@ def vision_config(*, width=768, depth=12, num_heads=12, image_size=224, patch_si
     ))
 
 
-# Vocabulary, positions and special tokens of the two language-encoder families (SPEC §3).
+# Vocabulary, positions and special tokens of the two language-encoder families (docs/design.md §4).
 _TEXT_VARIANTS = {
     'roberta': dict(vocab_size=50265, max_positions=514, type_vocab_size=1, pad_id=1, cls_id=0,
                     sep_id=2, mask_id=50264, ln_eps=1e-5),
@@ -72,6 +74,9 @@ def model_config(family: str, vision, text, *, fusion_depth: int) -> ml_collecti
         param_dtype='float32',
         scan_layers=False,  # nn.scan over identical layers: faster compiles on deep stacks
         remat_policy='none',  # 'none' | 'full' | 'dots' | 'dots_no_batch'
+        # 'einsum' | 'xla' | 'cudnn': the last two run jax.nn.dot_product_attention wherever no
+        # dropout acts on the attention probabilities ('cudnn': flash attention, bf16 GPUs).
+        attention_impl='einsum',
     ))
 
 
@@ -89,7 +94,7 @@ def tiny_model(config: ml_collections.ConfigDict) -> None:
 
 
 def optimizer_config() -> ml_collections.ConfigDict:
-    """AdamW recipe of SPEC §8, consumed by ``xfm_jax.optim.make_optimizer``."""
+    """AdamW recipe of docs/design.md §10, consumed by ``xfm_jax.optim.make_optimizer``."""
     return ml_collections.ConfigDict(dict(
         learning_rate=1e-4,  # peak, reached at the end of warmup
         warmup_steps=2500,
@@ -115,7 +120,7 @@ def partitioning_config() -> ml_collections.ConfigDict:
 
 
 def streams_config(family: str) -> ml_collections.ConfigDict:
-    """Objectives per data stream with their loss weights (SPEC §6-7); 0 disables one."""
+    """Objectives per stream with their loss weights (docs/design.md §7, §9); 0 disables one."""
     if family == 'xfm':
         return ml_collections.ConfigDict(dict(
             text=dict(mlm=1.0),
@@ -147,7 +152,7 @@ def batch_config(family: str) -> ml_collections.ConfigDict:
 def train_config(family: str) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(dict(
         total_steps=200_000,
-        # 'reference': X-FM's three sequential updates per step (SPEC §7); 'summed': one update.
+        # 'reference': X-FM's three sequential updates (docs/design.md §9); 'summed': one update.
         schedule='reference' if family == 'xfm' else 'summed',
         reference_groups='text;region,image;image_text',  # ';' between updates
         grad_accum_steps=1,
@@ -159,6 +164,8 @@ def train_config(family: str) -> ml_collections.ConfigDict:
         init_exclude='',  # regex of '/'-joined param names that keep their fresh initialisation
         profile_steps=0,  # >0: a profiler trace of this many steps into the workdir
         profile_first_step=10,  # steps after the start (past compilation) the trace begins
+        # jax's persistent compilation cache (local or gs://; '' off): a restart compiles nothing.
+        compilation_cache_dir=compilation.DEFAULT_CACHE_DIR,
     ))
 
 
@@ -170,6 +177,9 @@ def checkpoint_config() -> ml_collections.ConfigDict:
         keep_every=10_000,  # and every M-th step for good (0: none)
         async_save=True,
         save_on_sigterm=True,
+        # A WORKDIR/LOCK held by another host is stale when its heartbeat (every log step) is
+        # older than this; a lock of a dead process on this host is stale at once.
+        lock_stale_seconds=600,
     ))
 
 
@@ -249,7 +259,9 @@ def objectives_config() -> ml_collections.ConfigDict:
         itc=dict(soft_targets=False),  # fine-tuning: image ids as soft multi-positive targets
         # Hard negatives are mined within each of these contiguous batch groups; 0: one per
         # batch shard (the reference mines in each device's local batch).
-        itm=dict(negative_groups=0),
+        # negatives: 'pair' excludes only the pair itself (the reference's pre-training rule);
+        # 'image' excludes every pair of the same image id (objectives/itm.py says when).
+        itm=dict(negative_groups=0, negatives='pair'),
         imlm=dict(max_predictions=15),
         box={},
         mim=dict(num_masked=75),

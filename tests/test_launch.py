@@ -19,22 +19,27 @@ EXPLICIT_ENV = dict(XFM_COORDINATOR_ADDRESS='10.0.0.1:1234', XFM_NUM_PROCESSES='
 LAUNCH_VARS = (*distributed.EXPLICIT_VARS, *distributed.SLURM_VARS)
 
 
-def no_tpu(env):
-    return 0
+def no_cluster(env):
+    return None
+
+
+def cluster_of(n):
+    return lambda env: ('SomeCluster', n)
 
 
 # ---- distributed: which processes join, and how -----------------------------------------------
 
 def test_single_process_is_a_no_op():
-    assert distributed.plan({}, no_tpu) is None
-    assert distributed.plan(dict(SLURM_ENV, SLURM_NTASKS='1'), no_tpu) is None
+    assert distributed.plan({}, no_cluster) is None
+    assert distributed.plan(dict(SLURM_ENV, SLURM_NTASKS='1'), cluster_of(1)) is None
     assert distributed.plan(dict(EXPLICIT_ENV, XFM_NUM_PROCESSES='1', XFM_PROCESS_ID='0'),
-                            no_tpu) is None
-    assert distributed.plan({}, lambda env: 1) is None  # a single-host TPU VM
+                            no_cluster) is None
+    assert distributed.plan({}, cluster_of(1)) is None  # a single-host TPU VM
+    assert distributed.detected_cluster() is None  # this machine: no cluster at all
 
 
 def test_explicit_settings_win_over_slurm_and_tpu():
-    assert distributed.plan({**SLURM_ENV, **EXPLICIT_ENV}, lambda env: 4) == dict(
+    assert distributed.plan({**SLURM_ENV, **EXPLICIT_ENV}, cluster_of(4)) == dict(
         coordinator_address='10.0.0.1:1234', num_processes=4, process_id=2)
 
 
@@ -45,7 +50,7 @@ def test_explicit_settings_win_over_slurm_and_tpu():
 def test_explicit_settings_must_be_complete(unset, named):
     env = {k: v for k, v in EXPLICIT_ENV.items() if k not in unset}
     with pytest.raises(ValueError, match=f'but {named} not'):
-        distributed.plan(env, no_tpu)
+        distributed.plan(env, no_cluster)
 
 
 @pytest.mark.parametrize('update, message', [
@@ -54,30 +59,25 @@ def test_explicit_settings_must_be_complete(unset, named):
 ])
 def test_explicit_settings_are_checked(update, message):
     with pytest.raises(ValueError, match=message):
-        distributed.plan({**EXPLICIT_ENV, **update}, no_tpu)
+        distributed.plan({**EXPLICIT_ENV, **update}, no_cluster)
 
 
-def test_slurm_uses_jax_slurm_detection():
-    assert distributed.plan(SLURM_ENV, no_tpu) == dict(cluster_detection_method='slurm')
+def test_slurm_is_detected_by_jax(monkeypatch):
+    for name, value in SLURM_ENV.items():
+        monkeypatch.setenv(name, value)
+    assert distributed.detected_cluster() == ('SlurmCluster', 16)  # jax's own detection
+    assert distributed.plan(SLURM_ENV) == {}
 
 
 def test_slurm_outside_srun_names_the_missing_variable():
     env = {k: v for k, v in SLURM_ENV.items() if k != 'SLURM_STEP_NODELIST'}
     with pytest.raises(ValueError, match='SLURM_NTASKS=16 but SLURM_STEP_NODELIST not set.*srun'):
-        distributed.plan(env, no_tpu)
+        distributed.plan(env, no_cluster)
 
 
-def test_tpu_pod_and_multislice_use_jax_tpu_detection():
-    assert distributed.plan({}, lambda env: 4) == {}
-    assert distributed.plan(dict(MEGASCALE_NUM_SLICES='2'), lambda env: 1) == {}
-
-
-def test_tpu_worker_count(monkeypatch):
-    monkeypatch.setattr(distributed.glob, 'glob', lambda pattern: [])
-    assert distributed.tpu_worker_count(dict(TPU_WORKER_HOSTNAMES='a,b,c')) == 0  # no chips
-    monkeypatch.setattr(distributed.glob, 'glob',
-                        lambda pattern: ['/dev/accel0'] if pattern == '/dev/accel*' else [])
-    assert distributed.tpu_worker_count(dict(TPU_WORKER_HOSTNAMES='a,b,c')) == 3
+def test_detected_clusters_and_jax_variables_use_jax_detection():
+    assert distributed.plan({}, cluster_of(4)) == {}  # a TPU pod, Open MPI, Kubernetes ...
+    assert distributed.plan(dict(JAX_COORDINATOR_ADDRESS='10.0.0.1:1234'), no_cluster) == {}
 
 
 def test_initialize_calls_jax_only_for_several_processes(monkeypatch):

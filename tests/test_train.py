@@ -126,5 +126,9 @@ def test_init_from_train_checkpoint_onto_a_sharded_state(tmp_path):
         assert got.sharding == sharding
         np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
     assert any(not s.is_fully_replicated for s in jax.tree.leaves(shardings.params))
-    with pytest.raises(FileNotFoundError, match='neither a converted checkpoint'):
-        checkpoint_lib.load_matching_params(str(tmp_path), params)
+    # the workdir itself names its newest step; a directory without checkpoints is refused
+    np.testing.assert_array_equal(
+        jax.tree.leaves(checkpoint_lib.load_matching_params(str(tmp_path), params)[0])[0],
+        jax.tree.leaves(saved.params)[0])
+    with pytest.raises(FileNotFoundError, match='no checkpoint here'):
+        checkpoint_lib.load_matching_params(str(tmp_path / 'checkpoints' / '3' / 'state'), params)

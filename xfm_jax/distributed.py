@@ -1,21 +1,15 @@
 """Joins the processes of a multi-host run (``jax.distributed.initialize``) before jax is used.
 
-Where the settings come from, first match wins:
-
-1. ``XFM_COORDINATOR_ADDRESS`` (host:port of process 0), ``XFM_NUM_PROCESSES``, ``XFM_PROCESS_ID``:
-   explicit, for any cluster (all three or none).
-2. SLURM with ``SLURM_NTASKS`` > 1: one process per task, launched with ``srun``; jax reads the
-   job's node list and gives task ``SLURM_LOCALID`` the GPU of that index.
-3. A multi-worker TPU VM slice (or several slices): jax reads the workers from the TPU metadata.
-4. Otherwise one process: nothing to do.
+jax's own cluster detection decides (Cloud TPU VMs and multislice, SLURM, Open MPI, Kubernetes,
+and jax's ``JAX_COORDINATOR_ADDRESS`` / ``JAX_NUM_PROCESSES`` / ``JAX_PROCESS_ID``); the
+explicit ``XFM_COORDINATOR_ADDRESS`` (host:port of process 0), ``XFM_NUM_PROCESSES`` and
+``XFM_PROCESS_ID`` (all three or none) override it for any other cluster. One process (no cluster,
+or a cluster of one) initialises nothing.
 """
 
 from __future__ import annotations
 
-import glob
 import os
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Mapping
 
 from absl import logging
@@ -25,8 +19,6 @@ EXPLICIT_VARS = ('XFM_COORDINATOR_ADDRESS', 'XFM_NUM_PROCESSES', 'XFM_PROCESS_ID
 # What jax's SLURM detection reads; SLURM_STEP_NODELIST exists only inside an srun step.
 SLURM_VARS = ('SLURM_JOB_ID', 'SLURM_STEP_NODELIST', 'SLURM_NTASKS', 'SLURM_PROCID',
               'SLURM_LOCALID')
-_TPU_METADATA = ('http://metadata.google.internal/computeMetadata/v1/instance/attributes/'
-                 'worker-network-endpoints')
 
 
 def _int_var(env: Mapping[str, str], name: str) -> int:
@@ -36,28 +28,25 @@ def _int_var(env: Mapping[str, str], name: str) -> int:
         raise ValueError(f'{name}={env[name]!r} is not an integer.') from None
 
 
-def tpu_worker_count(env: Mapping[str, str]) -> int:
-    """Workers (hosts) of this TPU VM slice; 0 on a machine without TPU chips."""
-    if not (glob.glob('/dev/accel*') or glob.glob('/dev/vfio/[0-9]*')):
-        return 0
-    if hostnames := env.get('TPU_WORKER_HOSTNAMES'):  # GKE sets it; so may a user
-        return len(hostnames.split(','))
-    request = urllib.request.Request(_TPU_METADATA, headers={'Metadata-Flavor': 'Google'})
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return len(response.read().decode().split(','))
-    except urllib.error.URLError as e:
-        raise RuntimeError(
-            f'This machine has TPU chips but the TPU metadata server is unreachable ({e}); set '
-            f'TPU_WORKER_HOSTNAMES (comma-separated workers) or {", ".join(EXPLICIT_VARS)}.'
-        ) from e
+def detected_cluster(env: Mapping[str, str] | None = None) -> tuple[str, int] | None:
+    """(name, process count) of the cluster jax's own detection finds (the environments
+    ``jax.distributed.initialize()`` reads when called without arguments), or None. ``env`` is
+    unused: jax reads ``os.environ`` and the TPU metadata server itself."""
+    del env
+    from jax._src.clusters import ClusterEnv  # jax's registry of cluster environments
+    for cluster in ClusterEnv._cluster_types:
+        if not cluster.opt_in_only_method and cluster.is_env_present():
+            return cluster.__name__, int(cluster.get_process_count())
+    return None
 
 
-def plan(env: Mapping[str, str], tpu_workers: Callable[[Mapping[str, str]], int]) -> dict | None:
+def plan(env: Mapping[str, str],
+         cluster: Callable[[Mapping[str, str]], tuple[str, int] | None] = detected_cluster
+         ) -> dict | None:
     """Keyword arguments for ``jax.distributed.initialize``, or None for a single process.
 
-    ``tpu_workers(env)`` counts the TPU VM workers (:func:`tpu_worker_count`); it is asked last
-    because it may query the metadata server.
+    ``cluster(env)``: the cluster jax detects (:func:`detected_cluster`); asked last, because on
+    a TPU VM it queries the metadata server.
     """
     explicit = [name for name in EXPLICIT_VARS if env.get(name)]
     if explicit:
@@ -74,22 +63,24 @@ def plan(env: Mapping[str, str], tpu_workers: Callable[[Mapping[str, str]], int]
             return None
         return dict(coordinator_address=env['XFM_COORDINATOR_ADDRESS'],
                     num_processes=num_processes, process_id=process_id)
+    if env.get('JAX_COORDINATOR_ADDRESS'):
+        return {}  # jax reads its own variables
     if env.get('SLURM_NTASKS') and _int_var(env, 'SLURM_NTASKS') > 1:
         missing = [name for name in SLURM_VARS if not env.get(name)]
         if missing:
             raise ValueError(f'SLURM_NTASKS={env["SLURM_NTASKS"]} but {", ".join(missing)} not '
                              f'set: start every task with srun (see launch/gpu_slurm.sbatch).')
-        return dict(cluster_detection_method='slurm')
-    slices = _int_var(env, 'MEGASCALE_NUM_SLICES') if env.get('MEGASCALE_NUM_SLICES') else 1
-    if slices * tpu_workers(env) > 1:
-        return {}  # jax reads coordinator, process count and id from the TPU metadata
+    found = cluster(env)
+    if found is not None and found[1] > 1:
+        logging.info('jax detects a %s cluster of %d processes', *found)
+        return {}  # jax reads coordinator, process count and id from the cluster
     return None
 
 
 def initialize() -> None:
     """Calls ``jax.distributed.initialize`` when this is one process of several; see the module
     docstring. Call it first thing in a program, before any other jax call."""
-    kwargs = plan(os.environ, tpu_worker_count)
+    kwargs = plan(os.environ)
     if kwargs is None:
         return
     jax.distributed.initialize(**kwargs)

@@ -3,9 +3,10 @@ r"""Fine-tuning program: pre-trained parameters -> task head -> AdamW -> evaluat
     python -m xfm_jax.finetune --config=configs/finetune/vqa.py:tiny --workdir=DIR \
         [--init=CHECKPOINT] [--config.train.trainable=head ...]
 
-``--init`` is a pre-training workdir (its newest checkpoint), one Orbax step directory, an
-output of ``python -m xfm_jax.convert`` or of this program (their ``model_config.json`` replaces
-``config.model``, except ``stop_gradient_text``, which fine-tuning turns off). Only the parameters
+``--init`` is a pre-training workdir (its newest checkpoint), one of its step directories, an
+output of ``python -m xfm_jax.convert`` or of this program, local or ``gs://``: the model (family,
+sizes) and vocabulary the checkpoint stores replace ``config.model`` and ``config.data.vocab``,
+except ``stop_gradient_text``, which fine-tuning turns off. Only the parameters
 the task uses are read, onto this run's mesh; a fine-tuning output of the same task also restores
 the task's own parameters (its head). Without ``--init`` the backbone starts from random
 initialisation.
@@ -38,10 +39,9 @@ import optax
 from ml_collections import config_flags
 
 from xfm_jax import checkpoint
-from xfm_jax import evaluate as evaluate_lib
-from xfm_jax import finetuning, optim, partitioning
+from xfm_jax import compilation, finetuning, optim, partitioning, paths
 from xfm_jax.finetuning import common
-from xfm_jax.models.model import build_model, init_variables
+from xfm_jax.models.model import build_model
 from xfm_jax.train_step import TrainState, jit_train_step
 
 RESULTS = 'finetune.json'
@@ -67,111 +67,72 @@ class Run:
                               name=name)
 
 
-def locate_init(init: str) -> tuple[str, int, dict | None]:
-    """(Orbax tree holding 'params', step, converted model config or None) of ``--init``."""
-    if os.path.isdir(os.path.join(init, 'checkpoints')):
-        return evaluate_lib.locate(init, None)
-    return evaluate_lib.locate(None, init)
-
-
 def own_params(params):
     """The task's own params: everything but the backbone ``params['model']``."""
     return {k: v for k, v in params.items() if k != 'model'}
 
 
-def restore_task_params(directory: str, task_name: str, abstract_params, shardings):
-    """The task's own params stored under 'task' in ``directory`` (the ``params/`` of an output
-    of this program for task ``task_name``), placed on ``shardings``; None when ``directory`` is
-    no such output or stores other names or shapes (the head then keeps its initialisation)."""
-    import orbax.checkpoint as ocp
-    config_path = os.path.join(os.path.dirname(directory), evaluate_lib.CONVERTED_CONFIG)
-    if not os.path.isfile(config_path):
-        return None
-    with open(config_path) as f:
-        if json.load(f).get('task') != task_name:
-            return None
-    checkpointer = ocp.PyTreeCheckpointer()
-    stored = checkpointer.metadata(directory).item_metadata.tree.get('task')
-    wanted = own_params(nn.unbox(abstract_params))
-
-    def shapes(tree):
-        flat = flax.traverse_util.flatten_dict(tree, sep='/')
-        return {name: tuple(value.shape) for name, value in flat.items()}
-    if not stored or not wanted or shapes(stored) != shapes(wanted):
-        return None
-    target = {'task': jax.tree.map(
-        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), wanted,
-        own_params(shardings))}
-    return checkpointer.restore(directory, args=ocp.args.PyTreeRestore(
-        item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-        partial_restore=True))['task']
-
-
-def save_params(workdir: str, config, params, mesh, rules, init_directory: str | None) -> str:
-    """Writes the fine-tuned ``params`` as ``workdir/params`` (Orbax; every process writes its
-    own shards) beside ``model_config.json``: the layout of a converted checkpoint. Under 'params'
-    the WHOLE ``VisionLanguageModel`` (so the evaluators can run on it): fine-tuned where the task
-    used it, elsewhere as read from ``init_directory`` (random initialisation without one); under
-    'task' the task's own params. Returns the directory."""
-    import orbax.checkpoint as ocp
+def save_params(workdir, config, params, mesh, rules,
+                init: checkpoint.Location | None) -> str:
+    """Writes the fine-tuned ``params`` as ``workdir/params`` beside ``model_config.json`` (the
+    layout of a converted checkpoint, with this run's config and vocabulary: see
+    ``checkpoint.save_params``). Under 'params' the WHOLE ``VisionLanguageModel`` (so the
+    evaluators can run on it): fine-tuned where the task used it, elsewhere as read from
+    ``init`` (random initialisation without one); under 'task' the task's own params. Returns
+    the params directory."""
     model = build_model(config.model)
-    _, shardings = evaluate_lib.param_shardings(model, mesh, rules)
-    whole = jax.jit(lambda rng: nn.unbox(init_variables(model, rng)['params']),
-                    out_shardings=shardings)(jax.random.key(config.train.seed))
-    if init_directory:  # load_matching_params takes a step directory, not its state/
-        source = (os.path.dirname(init_directory) if os.path.basename(init_directory) == 'state'
-                  else init_directory)
-        whole, _, _ = checkpoint.load_matching_params(source, whole)
+    whole = partitioning.random_params(model, mesh, rules, config.train.seed)
+    if init is not None:
+        whole, _, _ = checkpoint.load_matching_params(init, whole)
     flat = flax.traverse_util.flatten_dict(whole, sep='/')
     flat.update(flax.traverse_util.flatten_dict(params['model'], sep='/'))
     tree = {'params': flax.traverse_util.unflatten_dict(flat, sep='/')}
     if own_params(params):
         tree['task'] = own_params(params)
-    directory = os.path.join(os.path.abspath(workdir), PARAMS)  # Orbax needs absolute paths
-    ocp.PyTreeCheckpointer().save(directory, tree, force=True)
-    if jax.process_index() == 0:
-        path = os.path.join(os.path.abspath(workdir), evaluate_lib.CONVERTED_CONFIG)
-        with open(path, 'w') as f:
-            json.dump({'format': config.model.family, 'model': config.model.to_dict(),
-                       'task': config.task.name}, f, indent=2, sort_keys=True)
-    return directory
+    description = {'format': config.model.family, 'model': config.model.to_dict(),
+                   'task': config.task.name, **checkpoint.describe_run(config)}
+    return os.fspath(checkpoint.save_params(workdir, tree, description))
 
 
-def restore_params(directory: str, config, abstract_params, shardings):
-    """The task model's params from an output of :func:`save_params` (``directory``: its
-    ``params/``), as fine-tuned: the backbone the task uses and the task's own params."""
-    params = {'model': evaluate_lib.restore_params(
-        directory, nn.unbox(abstract_params)['model'], shardings['model'])}
-    own = restore_task_params(directory, config.task.name, abstract_params, shardings)
-    if own is None and own_params(nn.unbox(abstract_params)):
-        raise ValueError(f'{directory} holds no task params of this model '
-                         f'(task {config.task.name!r}).')
-    return {**params, **(own or {})}
-
-
-def initial_params(config, task, params, abstract_params, shardings, directory: str | None):
+def initial_params(config, task, params, abstract_params, shardings,
+                   init: checkpoint.Location | None):
     """The task model's starting params, on ``shardings``: ``params`` (its random init) with
 
-    1. the backbone ``params['model']`` restored from ``directory`` (None: kept random);
+    1. the backbone ``params['model']`` restored from ``init`` (None: kept random);
     2. the params the task derives from the backbone (``task.params_from_backbone``: the
        generative VQA decoder copies the fusion encoder), in buffers of their own;
-    3. the task's own params when ``directory`` is a fine-tuning output of this task.
+    3. the task's own params when ``init`` is a fine-tuning output of this task.
     """
-    if directory is not None:
-        params = {**params, 'model': evaluate_lib.restore_params(
-            directory, abstract_params['model'], shardings['model'])}
+    if init is not None:
+        params = {**params, 'model': checkpoint.restore_params(
+            init, abstract_params['model'], shardings['model'])}
     derive = functools.partial(getattr(task, 'params_from_backbone', lambda c, p: {}), config)
     names = sorted(jax.eval_shape(derive, params))
     if names:
         derived = jax.jit(derive, out_shardings={k: shardings[k] for k in names})(params)
         params = {**params, **derived}
         logging.info('task params %s derived from the backbone', names)
-    own = (restore_task_params(directory, config.task.name, abstract_params, shardings)
-           if directory else None)
+    own = (checkpoint.restore_task_params(init, config.task.name,
+                                          own_params(abstract_params), own_params(shardings))
+           if init is not None else None)
     if own is not None:
         params = {**params, **own}
-        logging.info('task params %s restored from %s', sorted(own), directory)
+        logging.info('task params %s restored from %s', sorted(own), init.tree)
     return params
+
+
+def adopt_backbone_config(config, init: checkpoint.Location):
+    """``config`` with the model family, sizes and vocabulary of the checkpoint ``init`` (the
+    fine-tuning configs' X-FM default is only for runs without ``--init``). Fine-tuning keeps
+    its own ``stop_gradient_text`` (off) and clips text lengths to the new model's
+    positions."""
+    config = checkpoint.adopt_stored_model(config, init.description, keep=('stop_gradient_text',))
+    text = config.model.text
+    max_len = text.max_positions - (2 if text.variant == 'roberta' else 0)  # RoBERTa offsets 2
+    for holder in (config.task, config.data.streams.get('image_text', {})):
+        if holder and 'text_len' in holder:
+            holder.text_len = min(holder.text_len, max_len)
+    return config
 
 
 def trainable(params, mode: str):
@@ -225,17 +186,16 @@ def finetune(config, workdir: str, init: str | None = None,
     """Fine-tunes and evaluates. Returns what ``finetune.json`` holds (``eval``: final metrics,
     ``train``: the logged train metrics, ...) plus ``params``: the fine-tuned parameters."""
     config = ml_collections.ConfigDict(config.to_dict())  # unlocked copy
+    workdir = paths.resolve(workdir)
     # ---- mesh --------------------------------------------------------------------------------
     mesh = partitioning.make_mesh(config.partitioning.mesh, devices)
     rules = partitioning.get_rules(config.partitioning.rules)
     batch_shards = partitioning.num_batch_shards(mesh)
 
     # ---- pre-trained parameters: where, and which model -------------------------------------
-    directory, init_step, converted = locate_init(init) if init else (None, 0, None)
-    if converted is not None:
-        stop_gradient_text = config.model.stop_gradient_text
-        config.model = ml_collections.ConfigDict(converted)
-        config.model.stop_gradient_text = stop_gradient_text
+    location = checkpoint.locate(init) if init else None
+    if location is not None:
+        config = adopt_backbone_config(config, location)
 
     # ---- data --------------------------------------------------------------------------------
     task = finetuning.get(config.task.name)
@@ -268,12 +228,12 @@ def finetune(config, workdir: str, init: str | None = None,
     state = jax.jit(lambda r: nn.unbox(init_state(r)), out_shardings=shardings)(key)
 
     # ---- restore the backbone, derive and restore the task's params -----------------------------
-    if directory is None:
+    if location is None:
         logging.warning('No --init: the backbone starts from random initialisation.')
     state = state.replace(params=initial_params(config, task, state.params, abstract.params,
-                                                shardings.params, directory))
-    if directory is not None:
-        logging.info('backbone from %s (step %d) onto mesh %s', directory, init_step,
+                                                shardings.params, location))
+    if location is not None:
+        logging.info('backbone from %s (step %d) onto mesh %s', location.tree, location.step,
                      dict(mesh.shape))
 
     # ---- update step ---------------------------------------------------------------------------
@@ -284,10 +244,14 @@ def finetune(config, workdir: str, init: str | None = None,
     rng = jax.random.key(config.train.seed + 1)
     batches = common.training_batches(train_set, config.train.batch_size, mesh,
                                       config.train.seed)
+    batch = next(batches)
+    with partitioning.sharding_context(mesh, rules):  # compiled here, logged
+        step_fn = compilation.compile_logged(step_fn, state, batch, rng,
+                                             name=f'the {settings.name} fine-tuning step')
 
     from clu import metric_writers
     writer = metric_writers.create_default_writer(
-        os.path.join(workdir, 'tensorboard'), just_logging=jax.process_index() > 0)
+        os.fspath(workdir / 'tensorboard'), just_logging=jax.process_index() > 0)
 
     def run_evaluation(step: int) -> dict[str, float]:
         run = Run(config, task_model, state.params, mesh, rules, config.train.eval_batch_size,
@@ -302,8 +266,10 @@ def finetune(config, workdir: str, init: str | None = None,
     with partitioning.sharding_context(mesh, rules):
         start = time.perf_counter()
         for step in range(total):
-            state, metrics = step_fn(state, next(batches), rng)
+            state, metrics = step_fn(state, batch, rng)
             last = step + 1 == total
+            if not last:
+                batch = next(batches)
             if (step + 1) % config.train.log_every == 0 or last:
                 metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
                 bad = sorted(k for k, v in metrics.items() if not np.isfinite(v))
@@ -320,17 +286,17 @@ def finetune(config, workdir: str, init: str | None = None,
     writer.flush()
 
     # ---- save ----------------------------------------------------------------------------------
-    saved = (save_params(workdir, config, state.params, mesh, rules, directory)
+    saved = (save_params(workdir, config, state.params, mesh, rules, location)
              if config.train.save_params else None)
+    init_step = location.step if location else 0
+    directory = os.fspath(location.tree) if location else None
     out = {'task': settings.name, 'init': directory, 'init_step': init_step, 'steps': total,
            'trainable': config.train.trainable, 'train': history, 'eval': results,
            'params_directory': saved,
            'config': json.loads(config.to_json_best_effort())}
-    path = os.path.join(workdir, RESULTS)
+    path = workdir / RESULTS
     if jax.process_index() == 0:
-        os.makedirs(workdir, exist_ok=True)
-        with open(path, 'w') as f:
-            json.dump(out, f, indent=2, sort_keys=True)
+        paths.write_json(path, out)
     origin = f'{directory} (step {init_step})' if directory else 'random initialisation'
     print(f'Fine-tuned {settings.name} for {total} steps from {origin} '
           f'({config.train.trainable} trained):\n{format_table(results)}\nResults: {path}'
@@ -340,7 +306,9 @@ def finetune(config, workdir: str, init: str | None = None,
 
 def main(argv):
     del argv
-    finetune(flags.FLAGS.config, flags.FLAGS.workdir, flags.FLAGS.init)
+    config = flags.FLAGS.config
+    compilation.enable_cache(config.train.get('compilation_cache_dir', ''))
+    finetune(config, flags.FLAGS.workdir, flags.FLAGS.init)
 
 
 if __name__ == '__main__':

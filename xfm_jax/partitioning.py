@@ -178,3 +178,21 @@ def sharding_context(mesh: jax.sharding.Mesh, rules: LogicalRules) -> Iterator[N
     """
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
         yield
+
+
+def param_shardings(model, mesh: jax.sharding.Mesh, rules: LogicalRules) -> tuple[Any, Any]:
+    """(abstract boxed params, NamedShardings of the unboxed params) of a
+    ``VisionLanguageModel``: the target of a params-only restore or initialisation."""
+    from xfm_jax.models.model import abstract_variables
+    abstract = abstract_variables(model)['params']
+    return abstract, state_shardings(abstract, mesh, rules)
+
+
+def random_params(model, mesh: jax.sharding.Mesh, rules: LogicalRules, seed: int) -> Any:
+    """A model's freshly initialised params (``jax.random.key(seed)``, as a training run
+    starts), created directly in their shardings."""
+    from xfm_jax.models.model import init_variables
+    _, shardings = param_shardings(model, mesh, rules)
+    init = jax.jit(lambda rng: nn.unbox(init_variables(model, rng)['params']),
+                   out_shardings=shardings)
+    return init(jax.random.key(seed))

@@ -12,8 +12,8 @@ Saves on SIGTERM / preemption notices (every host at the same step) and at the e
 
 from __future__ import annotations
 
-import json
 import os
+import sys
 import time
 
 from absl import app, flags, logging
@@ -23,7 +23,8 @@ import numpy as np
 from ml_collections import config_flags
 
 from xfm_jax import checkpoint as checkpoint_lib
-from xfm_jax import distributed, flops, partitioning, streams, train_step as ts
+from xfm_jax import compilation, distributed, flops, partitioning, paths, streams
+from xfm_jax import train_step as ts
 from xfm_jax.models.model import build_model
 
 METRICS_FILE = 'metrics.json'  # the last step's metrics, written by process 0 at the end
@@ -56,20 +57,26 @@ def synthetic_batches(config, start_step: int):
         step += 1
 
 
-_finite_leaves = jax.jit(lambda tree: jax.tree.map(lambda x: jnp.isfinite(x).all(), tree))
-
-
 def non_finite(metrics: dict, params) -> list[str]:
     """Names of the non-finite metrics and parameters (a parameter is checked as a whole)."""
-    finite = jax.device_get(_finite_leaves(params))
     bad = [k for k, v in metrics.items() if not np.isfinite(v)]
-    return bad + [f'param {jax.tree_util.keystr(path)}'
-                  for path, ok in jax.tree_util.tree_leaves_with_path(finite) if not ok]
+    return bad + [f'param {name}' for name in checkpoint_lib.non_finite_params(params)]
 
 
 def train(config, workdir: str) -> dict:
-    """Runs (or resumes) training; returns the last step's metrics as floats."""
-    workdir = os.path.abspath(workdir)  # Orbax (tensorstore) needs absolute paths
+    """Runs (or resumes) training in ``workdir`` (local or ``gs://``); returns the last step's
+    metrics as floats."""
+    workdir = paths.resolve(workdir)
+    compilation.enable_cache(config.train.get('compilation_cache_dir', ''))
+    lock = checkpoint_lib.WorkdirLock(workdir, config.checkpoint.lock_stale_seconds)
+    lock.acquire()  # one run per workdir; released however the run ends
+    try:
+        return _train(config, workdir, lock)
+    finally:
+        lock.release()
+
+
+def _train(config, workdir, lock) -> dict:
     # ---- mesh --------------------------------------------------------------------------------
     mesh = partitioning.make_mesh(config.partitioning.mesh)
     rules = partitioning.get_rules(config.partitioning.rules)
@@ -80,15 +87,20 @@ def train(config, workdir: str) -> dict:
     tx, schedule = ts.make_optimizer(config)
     abstract = jax.eval_shape(lambda r: ts.create_train_state(model, tx, r), jax.random.key(0))
     state_sh = partitioning.state_shardings(abstract, mesh, rules)
-    checkpoints = checkpoint_lib.Checkpoints(os.path.join(workdir, 'checkpoints'), config)
+    checkpoints = checkpoint_lib.Checkpoints(workdir / checkpoint_lib.CHECKPOINTS_DIR, config)
     restored = checkpoints.restore_latest(abstract, state_sh)
     if restored is None:
         init_fn = ts.unboxed_state_init(model, tx)
         state = jax.jit(init_fn, out_shardings=state_sh)(jax.random.key(config.train.seed))
         data_state = None
         if config.train.init_from:  # a resume ignores it: the run's own checkpoint has it all
+            source = checkpoint_lib.locate(config.train.init_from)
+            if source.family not in (None, config.model.family):
+                logging.warning('init_from %s is a %r checkpoint; this run trains %r: only '
+                                'parameters with the same name and shape are loaded',
+                                source.tree, source.family, config.model.family)
             params, _, _ = checkpoint_lib.load_matching_params(
-                config.train.init_from, state.params, config.train.init_exclude)
+                source, state.params, config.train.init_exclude)
             state = state.replace(params=params)
     else:
         state, data_state = restored
@@ -109,21 +121,25 @@ def train(config, workdir: str) -> dict:
 
     # ---- update step -------------------------------------------------------------------------
     step = ts.make_train_step(model, config, tx, schedule, partitioning.num_batch_shards(mesh))
-    step_fn = ts.jit_train_step(step, state_sh, batch_sh)
     rng = jax.random.key(config.train.seed + 1)
+    batch = next(batches) if start_step < config.train.total_steps else None
+    if batch is not None:  # compiled here, logged, so a long compile is never silent
+        with partitioning.sharding_context(mesh, rules):
+            step_fn = compilation.compile_logged(ts.jit_train_step(step, state_sh, batch_sh),
+                                                 state, batch, rng, name='the train step')
 
     # ---- metrics -----------------------------------------------------------------------------
     from clu import metric_writers, periodic_actions
     is_chief = jax.process_index() == 0  # only process 0 writes files
     writer = metric_writers.create_default_writer(
-        os.path.join(workdir, 'tensorboard'), just_logging=not is_chief)
+        os.fspath(workdir / 'tensorboard'), just_logging=not is_chief)
     writer.write_hparams({k: v for k, v in config.train.items()})
     hooks = [periodic_actions.ReportProgress(  # steps/s and ETA, logged and written
         num_train_steps=config.train.total_steps, writer=writer, every_steps=config.train.log_every,
         every_secs=None)]
     if config.train.profile_steps and is_chief:
         hooks.append(periodic_actions.Profile(
-            logdir=workdir, num_profile_steps=config.train.profile_steps,
+            logdir=os.fspath(workdir), num_profile_steps=config.train.profile_steps,
             first_profile=start_step + config.train.profile_first_step, every_secs=None))
     batch_sizes = {s: config.batch[s].batch_size for s in config.streams}
     step_flops = flops.train_step_flops(config, {
@@ -137,7 +153,7 @@ def train(config, workdir: str) -> dict:
     metrics = {}
     with partitioning.sharding_context(mesh, rules):
         for step in range(start_step, config.train.total_steps):
-            state, metrics = step_fn(state, next(batches), rng)
+            state, metrics = step_fn(state, batch, rng)
             done = step + 1
             for hook in hooks:
                 hook(done)
@@ -169,28 +185,31 @@ def train(config, workdir: str) -> dict:
                 writer.write_scalars(done, scalars)
             if logging_step:
                 logging.info('step %d: loss %.4f', done, metrics['loss'])
+                lock.heartbeat()
             if saving:
                 checkpoints.save(done, state, data_position(), force=preempted)
             if preempted:
                 logging.warning('preempted: saved step %d, exiting', done)
                 break
+            if done < config.train.total_steps:
+                batch = next(batches)
         checkpoints.save(int(state.step), state, data_position(), force=True)
     checkpoints.wait()
     metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
     if 'data' in config:  # held-out evaluation of the final parameters (TF-based readers)
-        from xfm_jax import evaluate
-        results = evaluate.run_evaluators(config, state.params, mesh, rules, workdir=workdir,
-                                          step=int(state.step))
-        path = evaluate.write_results(workdir, int(state.step), checkpoints.directory, results)
+        from xfm_jax.evaluators import runner
+        results = runner.run_evaluators(config, state.params, mesh, rules, workdir=workdir,
+                                        step=int(state.step),
+                                        checkpoint=os.fspath(checkpoints.directory))
         if is_chief:
             print(f'Held-out evaluation at step {int(state.step)} (chance/ rows: chance level):\n'
-                  f'{evaluate.format_table(results)}\nMetrics: {path}')
+                  f'{runner.format_table(results)}\n'
+                  f'Metrics: {runner.results_path(workdir, int(state.step))}')
     writer.flush()
     if is_chief:
-        with open(os.path.join(workdir, METRICS_FILE), 'w') as f:
-            json.dump({'step': int(state.step), 'metrics': metrics}, f, indent=2, sort_keys=True)
+        paths.write_json(workdir / METRICS_FILE, {'step': int(state.step), 'metrics': metrics})
     print(f'Checkpoints: {checkpoints.directory}\nTensorBoard: tensorboard --logdir '
-          f'{os.path.join(workdir, "tensorboard")}')
+          f'{workdir / "tensorboard"}')
     return metrics
 
 
@@ -199,7 +218,10 @@ def main(argv):
     distributed.initialize()  # before any other jax call: joins the hosts of a pod / SLURM job
     jnp.zeros(())  # initialise the backend before logging device facts
     logging.info('%d devices: %s', jax.device_count(), jax.devices()[0].device_kind)
-    train(flags.FLAGS.config, flags.FLAGS.workdir)
+    try:
+        train(flags.FLAGS.config, flags.FLAGS.workdir)
+    except checkpoint_lib.CheckpointError as e:  # one line naming the path and the cause
+        sys.exit(f'FATAL {e}')
 
 
 if __name__ == '__main__':

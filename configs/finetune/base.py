@@ -1,8 +1,9 @@
 """Shared part of the fine-tuning configs (configs/finetune/<task>.py); keys mirror the program.
 
 ``finetune_config(task, arg, source=..., **task_fields)`` returns the X-FM base model (or, with
-``arg='tiny'``, the same tiny model as ``configs/xfm_base.py:runlocal``, so its checkpoints load)
-with the language stop-gradient off, the data config (vocabulary, TFDS directory, sources),
+``arg='tiny'``, the same tiny model as ``configs/xfm_base.py:runlocal``) for runs without
+``--init`` (with ``--init`` the checkpoint's own model, family and sizes, and vocabulary replace
+them), with the language stop-gradient off, the data config (vocabulary, TFDS directory, sources),
 ``task`` (the task's data and its settings), ``optimizer`` (the pre-training AdamW with a
 fine-tuning learning rate, the new head x5), ``train`` and ``evaluate``.
 """
@@ -13,6 +14,7 @@ import ml_collections
 
 from configs import common
 from configs import data as data_configs
+from xfm_jax import compilation
 
 PRESETS = ('', 'tiny')
 
@@ -53,6 +55,7 @@ def finetune_config(task: str, arg: str, *, source: str, text_len: int,
         log_every=50 if tiny else 100,
         eval_every=0,  # 0: evaluate at the end only
         save_params=True,  # the fine-tuned params in workdir/params (finetune.save_params)
+        compilation_cache_dir=compilation.DEFAULT_CACHE_DIR,  # '' off; local or gs://
     )
     config.optimizer = common.optimizer_config()
     config.optimizer.update(

@@ -41,8 +41,8 @@ def _one_device(config):
 
 def _assert_restores_on_one_device(config, directory, expected):
     mesh, rules = _one_device(config)
-    abstract, shardings = evaluate.param_shardings(build_model(config.model), mesh, rules)
-    _assert_same(evaluate.restore_params(directory, abstract, shardings), expected, mesh)
+    abstract, shardings = partitioning.param_shardings(build_model(config.model), mesh, rules)
+    _assert_same(checkpoint_lib.restore_params(directory, abstract, shardings), expected, mesh)
 
 
 def _assert_same(restored, expected, mesh):
@@ -54,10 +54,13 @@ def _assert_same(restored, expected, mesh):
 
 def test_params_only_restore_onto_one_device(eval_config, saved):
     workdir, params = saved
-    directory, step, converted = evaluate.locate(workdir, None)
-    assert (directory, step, converted) == (os.path.join(workdir, 'checkpoints', '7', 'state'),
-                                            7, None)
-    _assert_restores_on_one_device(eval_config, directory, params)
+    location = checkpoint_lib.locate(workdir)
+    assert (os.fspath(location.tree), location.step, location.kind) == (
+        os.path.join(workdir, 'checkpoints', '7', 'state'), 7, 'train')
+    # the step describes itself: the run config it was saved with
+    assert location.description['config']['model'] == json.loads(
+        eval_config.model.to_json_best_effort())
+    _assert_restores_on_one_device(eval_config, location, params)
 
 
 def test_evaluate_writes_json_and_tensorboard(eval_config, saved, tmp_path):
@@ -81,11 +84,11 @@ def test_converted_checkpoint(eval_config, saved, tmp_path):
     _, params = saved
     convert.save_converted(str(tmp_path), params, {'format': 'xfm',
                                                    'model': eval_config.model.to_dict()})
-    directory, step, model = evaluate.locate(None, str(tmp_path / 'params'))
+    location = checkpoint_lib.locate(str(tmp_path / 'params'))
     # model_config.json holds the model section (JSON: tuples come back as lists).
-    assert (directory, step) == (str(tmp_path / 'params'), 0)
-    assert model == json.loads(json.dumps(eval_config.model.to_dict()))
-    _assert_restores_on_one_device(eval_config, directory, params)
+    assert (os.fspath(location.tree), location.step) == (str(tmp_path / 'params'), 0)
+    assert location.description['model'] == json.loads(json.dumps(eval_config.model.to_dict()))
+    _assert_restores_on_one_device(eval_config, location, params)
 
 
 def test_mismatched_model_and_bad_paths_are_named(eval_config, saved, tmp_path):
@@ -93,15 +96,12 @@ def test_mismatched_model_and_bad_paths_are_named(eval_config, saved, tmp_path):
     config = eval_config.copy_and_resolve_references()
     config.model.embed_dim = 8  # the checkpoint's projections are 16 wide
     mesh, rules = _one_device(config)
-    abstract, shardings = evaluate.param_shardings(build_model(config.model), mesh, rules)
-    directory, _, _ = evaluate.locate(workdir, None)
+    abstract, shardings = partitioning.param_shardings(build_model(config.model), mesh, rules)
     with pytest.raises(ValueError, match=r'vision_proj/dense/kernel: stored \(32, 16\), '
                                          r'model \(32, 8\)'):
-        evaluate.restore_params(directory, abstract, shardings)
-    with pytest.raises(FileNotFoundError, match='neither an Orbax step directory'):
-        evaluate.locate(None, str(tmp_path))
-    with pytest.raises(FileNotFoundError, match='No complete checkpoint'):
-        evaluate.locate(str(tmp_path), None)
+        checkpoint_lib.restore_params(workdir, abstract, shardings)
+    with pytest.raises(FileNotFoundError, match=f'{tmp_path}: no checkpoint here'):
+        checkpoint_lib.locate(str(tmp_path))
 
 
 def test_random_init_is_the_training_initialisation(eval_config):
@@ -110,10 +110,10 @@ def test_random_init_is_the_training_initialisation(eval_config):
     config = eval_config.copy_and_resolve_references()
     model = build_model(config.model)
     mesh = partitioning.make_mesh({'data': 2, 'fsdp': 2, 'tensor': 2})
-    params = evaluate.random_params(model, mesh, partitioning.get_rules('fsdp_tp'), seed=3)
+    params = partitioning.random_params(model, mesh, partitioning.get_rules('fsdp_tp'), seed=3)
     tx, _ = ts.make_optimizer(config)
     start = jax.jit(lambda r: ts.create_train_state(model, tx, r))(jax.random.key(3))
     expected = jax.device_get(nn.unbox(start.params))
     _assert_same(params, expected, mesh)
     with pytest.raises(ValueError, match='either --checkpoint or --random_init'):
-        evaluate.evaluate(config, '/tmp/unused', checkpoint='/tmp/x', random_init=True)
+        evaluate.evaluate(config, '/tmp/unused', '/tmp/x', random_init=True)

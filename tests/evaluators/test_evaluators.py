@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from xfm_jax import evaluate, partitioning
+from xfm_jax import partitioning
 from xfm_jax.data import image_ops
 from xfm_jax.evaluators import batching, data, grounding, linear_probe, metrics, retrieval
 from xfm_jax.evaluators import zero_shot_classification
@@ -20,7 +20,7 @@ def ctx(eval_config, random_arrays, tmp_path_factory):
     mesh = partitioning.make_mesh(eval_config.partitioning.mesh)
     rules = partitioning.get_rules(eval_config.partitioning.rules)
     model = build_model(eval_config.model)
-    params = random_arrays(*evaluate.param_shardings(model, mesh, rules))
+    params = random_arrays(*partitioning.param_shardings(model, mesh, rules))
     return batching.EvalContext(model=model, params=params, mesh=mesh, rules=rules,
                                 config=eval_config, batch_size=8,
                                 workdir=str(tmp_path_factory.mktemp('eval')), step=3)

@@ -39,14 +39,14 @@ def test_mlp_fits_xor_and_fails_on_shuffled_labels():
 
 
 def test_mlp_probe_on_frozen_features(eval_config, random_arrays):
-    from xfm_jax import evaluate, partitioning
+    from xfm_jax import partitioning
     from xfm_jax.evaluators import batching, data
     from xfm_jax.models.model import build_model
     mesh = partitioning.make_mesh(eval_config.partitioning.mesh)
     rules = partitioning.get_rules(eval_config.partitioning.rules)
     model = build_model(eval_config.model)
     ctx = batching.EvalContext(model=model,
-                               params=random_arrays(*evaluate.param_shardings(model, mesh, rules)),
+                               params=random_arrays(*partitioning.param_shardings(model, mesh, rules)),
                                mesh=mesh, rules=rules, config=eval_config, batch_size=8)
     settings = eval_config.evaluate.mlp_probe.copy_and_resolve_references()
     settings.update(max_train_images=24, max_test_images=12, steps=40, val_fraction=0.25)

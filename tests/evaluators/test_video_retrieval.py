@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from xfm_jax import evaluate, evaluators, partitioning
+from xfm_jax import evaluators, partitioning
 from xfm_jax.data import image_ops
 from xfm_jax.evaluators import batching, data, video_retrieval
 from xfm_jax.models.model import build_model
@@ -24,7 +24,7 @@ def ctx(video_eval_config, random_arrays):
     model = build_model(video_eval_config.model)
     # Init-like LayerNorms: with scales near 0 ITM barely depends on the text, and float32 ties
     # would decide the rankings compared here.
-    params = random_arrays(*evaluate.param_shardings(model, mesh, rules), std=0.1,
+    params = random_arrays(*partitioning.param_shardings(model, mesh, rules), std=0.1,
                            init_like=True)
     return batching.EvalContext(model=model, params=params, mesh=mesh, rules=rules,
                                 config=video_eval_config, batch_size=8)

@@ -78,14 +78,14 @@ def test_init_restores_the_backbone_and_head_only_training_keeps_it(tiny_config,
     """A converted-checkpoint directory of random parameters: after head-only fine-tuning the
     backbone equals the stored values and the head has moved."""
     import orbax.checkpoint as ocp
-    from xfm_jax import evaluate
+    from xfm_jax import checkpoint
     from xfm_jax.models.model import build_model, init_variables
     config = tiny_config('image_classification', total_steps=3, trainable='head')
     params = init_variables(build_model(config.model), jax.random.key(7))['params']
     import flax.linen as nn
     params = jax.device_get(nn.unbox(params))
     ocp.PyTreeCheckpointer().save(str(tmp_path / 'converted' / 'params'), {'params': params})
-    with open(tmp_path / 'converted' / evaluate.CONVERTED_CONFIG, 'w') as f:
+    with open(tmp_path / 'converted' / checkpoint.PARAMS_CONFIG, 'w') as f:
         json.dump({'format': 'xfm', 'model': config.model.to_dict()}, f)
     out = finetune.finetune(config, str(tmp_path / 'run'), init=str(tmp_path / 'converted'))
     tuned = jax.device_get(out['params'])

@@ -132,12 +132,12 @@ def _assert_equal_trees(actual, expected):
 def _converted_checkpoint(config, path):
     """A converted-checkpoint directory of random whole-model params; returns them (numpy)."""
     import orbax.checkpoint as ocp
-    from xfm_jax import evaluate
+    from xfm_jax import checkpoint
     from xfm_jax.models.model import build_model, init_variables
     stored = init_variables(build_model(config.model), jax.random.key(7))['params']
     stored = jax.device_get(nn.unbox(stored))
     ocp.PyTreeCheckpointer().save(str(path / 'params'), {'params': stored})
-    with open(path / evaluate.CONVERTED_CONFIG, 'w') as f:
+    with open(path / checkpoint.PARAMS_CONFIG, 'w') as f:
         json.dump({'format': 'xfm', 'model': config.model.to_dict()}, f)
     return stored
 
@@ -147,7 +147,7 @@ def test_decoder_starts_as_the_fusion_encoder_and_saved_params_restore(tiny_conf
     encoder, text embeddings and fusion MLM head bit for bit. save_params then restore: the task's
     params come back bitwise, and the whole model (for the evaluators) holds the task's backbone
     where it has one and the --init values elsewhere."""
-    from xfm_jax import evaluate, finetune, finetuning, partitioning
+    from xfm_jax import checkpoint, finetune, finetuning, partitioning
     from xfm_jax.models.model import build_model
     config = tiny_config('vqa')
     config.task.head = 'generative'
@@ -162,8 +162,8 @@ def test_decoder_starts_as_the_fusion_encoder_and_saved_params_restore(tiny_conf
     abstract = jax.eval_shape(init, jax.random.key(0))
     shardings = partitioning.state_shardings(abstract, mesh, rules)
     params = jax.jit(lambda r: nn.unbox(init(r)), out_shardings=shardings)(jax.random.key(0))
-    directory = evaluate.locate(None, str(tmp_path / 'converted'))[0]
-    params = finetune.initial_params(config, task, params, abstract, shardings, directory)
+    location = checkpoint.locate(str(tmp_path / 'converted'))
+    params = finetune.initial_params(config, task, params, abstract, shardings, location)
     fusion = stored['fusion_encoder']
     _assert_equal_trees(params['decoder'], {
         'embeddings': stored['text_encoder']['embeddings'],
@@ -172,13 +172,18 @@ def test_decoder_starts_as_the_fusion_encoder_and_saved_params_restore(tiny_conf
     assert set(params) == {'model', 'decoder'}
 
     tuned = {**params, 'model': jax.tree.map(lambda x: x + 1.0, params['model'])}  # "trained"
-    saved = finetune.save_params(str(tmp_path / 'run'), config, tuned, mesh, rules, directory)
+    saved = finetune.save_params(str(tmp_path / 'run'), config, tuned, mesh, rules, location)
     assert saved == str(tmp_path / 'run' / 'params')
-    _assert_equal_trees(finetune.restore_params(saved, config, abstract, shardings), tuned)
-    assert evaluate.locate(None, str(tmp_path / 'run'))[0] == saved
-    whole_abstract, whole_shardings = evaluate.param_shardings(build_model(config.model), mesh,
-                                                               rules)
-    whole = _leaves(evaluate.restore_params(saved, whole_abstract, whole_shardings))
+    output = checkpoint.locate(str(tmp_path / 'run'))
+    assert os.fspath(output.tree) == saved and output.description['task'] == 'vqa'
+    # a fine-tuning output restores as it was saved: backbone and the task's own params
+    random_init = jax.jit(lambda r: nn.unbox(init(r)), out_shardings=shardings)(
+        jax.random.key(1))
+    _assert_equal_trees(finetune.initial_params(config, task, random_init, abstract, shardings,
+                                                output), tuned)
+    whole_abstract, whole_shardings = partitioning.param_shardings(build_model(config.model),
+                                                                   mesh, rules)
+    whole = _leaves(checkpoint.restore_params(output, whole_abstract, whole_shardings))
     backbone, stored = _leaves(tuned['model']), _leaves(stored)
     assert 'itm_head/3/kernel' in whole and 'itm_head/3/kernel' not in backbone
     for name, value in whole.items():

@@ -13,6 +13,7 @@ import textwrap
 
 import numpy as np
 
+from xfm_jax import paths
 from xfm_jax.data import image_ops
 
 CHAR_WIDTH, LINE_HEIGHT = 6, 11  # PIL's default bitmap font
@@ -70,4 +71,7 @@ def draw(path: str, rows: list[list[Thumb | Text]], size: int = 96, pad: int = 4
                 lines = [line for paragraph in cell.text.split('\n')
                          for line in textwrap.wrap(paragraph, cell.width) or ['']][:max_lines]
                 pen.multiline_text((x + pad, y + pad), '\n'.join(lines), fill=cell.colour)
-    canvas.save(path)
+    target = paths.resolve(path)  # local or gs://
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with target.open('wb') as f:
+        canvas.save(f, format='PNG')

@@ -1,0 +1,85 @@
+"""Runs the configured evaluators on a set of parameters and records their metrics; shared by
+the evaluation program and the end of a training run.
+
+Each evaluator's metrics are written (``WORKDIR/eval_step{step}.json``, TensorBoard
+``eval/<evaluator>/<metric>``) as soon as it finishes, so a later failure never loses finished
+results. An evaluator whose data source lacks what it needs (labels, boxes) is skipped with a
+warning naming the source.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from absl import logging
+import jax
+
+from xfm_jax import evaluators, paths
+from xfm_jax.evaluators import batching
+
+
+class SourceLacks(ValueError):
+    """An evaluator's source has no field the evaluator needs (raised by the evaluator)."""
+
+
+def settings_of(config):
+    """``config.evaluate``, or the defaults for the config's model."""
+    if 'evaluate' in config:
+        return config.evaluate
+    return evaluators.evaluate_config(video=bool(config.model.video_frames))
+
+
+def run_evaluators(config, params, mesh, rules, *, workdir: str | None = None, step: int = 0,
+                   checkpoint: str = '') -> dict[str, float]:
+    """Runs ``config.evaluate.evaluators`` on ``params`` (sharded on ``mesh``); returns
+    ``{'<evaluator>/<metric>': value}``, written to ``workdir`` after every evaluator when
+    given. Evaluators may write files (a gallery) to ``workdir``."""
+    from xfm_jax.models.model import build_model
+    settings = settings_of(config)
+    names = [n.strip() for n in settings.evaluators.split(',') if n.strip()]
+    for name in names:
+        evaluators.get(name)  # unknown names fail before anything runs
+        if name not in settings:
+            raise ValueError(f'config.evaluate has no settings section {name!r}.')
+    ctx = batching.EvalContext(model=build_model(config.model), params=params, mesh=mesh,
+                               rules=rules, config=config, batch_size=settings.batch_size,
+                               workdir=os.fspath(paths.resolve(workdir)) if workdir else None,
+                               step=step)
+    writer = None
+    if workdir:
+        from clu import metric_writers
+        writer = metric_writers.create_default_writer(
+            os.fspath(paths.resolve(workdir) / 'tensorboard'),
+            just_logging=jax.process_index() > 0)
+    results = {}
+    for name in names:
+        start = time.perf_counter()
+        try:
+            metrics = evaluators.get(name)(ctx, settings[name])
+        except SourceLacks as e:
+            logging.warning('evaluator %s skipped: %s', name, e)
+            continue
+        logging.info('%s: %.1f s', name, time.perf_counter() - start)
+        metrics = {f'{name}/{k}': float(v) for k, v in metrics.items()}
+        results.update(metrics)
+        if writer is not None:  # at once: a later evaluator's failure loses nothing
+            if jax.process_index() == 0:
+                paths.write_json(results_path(workdir, step),
+                                 {'step': step, 'checkpoint': checkpoint, 'metrics': results})
+            writer.write_scalars(step, {f'eval/{k}': v for k, v in metrics.items()})
+            writer.flush()
+    if workdir and jax.process_index() == 0:  # also when every evaluator was skipped
+        paths.write_json(results_path(workdir, step),
+                         {'step': step, 'checkpoint': checkpoint, 'metrics': results})
+    return results
+
+
+def format_table(results: dict[str, float]) -> str:
+    width = max(map(len, results), default=0)
+    return '\n'.join(f'{k:<{width}}  {v:10.3f}' for k, v in sorted(results.items()))
+
+
+def results_path(workdir, step: int):
+    """Where :func:`run_evaluators` writes the metrics of ``step``."""
+    return paths.resolve(workdir) / f'eval_step{step}.json'
