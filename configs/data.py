@@ -25,7 +25,10 @@ REGION_RANDAUG_OPS = ('Identity', 'AutoContrast', 'Equalize', 'Brightness', 'Sha
 
 
 def _cache_dir() -> str:
-    return os.environ.get('XFM_DATA_DIR', os.path.expanduser('~/tensorflow_datasets'))
+    """Where TFDS builds live (local or gs://): XFM_DATA_DIR, else TFDS's own TFDS_DATA_DIR,
+    else ~/tensorflow_datasets."""
+    return (os.environ.get('XFM_DATA_DIR') or os.environ.get('TFDS_DATA_DIR')
+            or os.path.expanduser('~/tensorflow_datasets'))
 
 
 PRESETS = ('synthetic_tiny', 'synthetic', 'real_tiny')
@@ -59,7 +62,7 @@ def data_config(preset: str, model_config) -> ml_collections.ConfigDict:
     ids = dict(vocab_size=text.vocab_size, pad_id=text.pad_id, cls_id=text.cls_id,
                sep_id=text.sep_id, mask_id=text.mask_id)
     layout = '_'.join(str(v) for v in ids.values())
-    config.vocab = dict(kind='synthetic', path=os.path.join(cache, f'xfm_vocab_{layout}.txt'),
+    config.vocab = dict(kind='synthetic', path=f'{cache.rstrip("/")}/xfm_vocab_{layout}.txt',
                         merges_path='', **ids)
 
     scenes = 'xfm_synthetic_scenes' if tiny else 'xfm_synthetic_scenes_224'

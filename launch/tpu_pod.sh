@@ -58,6 +58,19 @@ if [ "${#missing[@]}" -gt 0 ]; then
   exit 2
 fi
 
+case "${workdir}" in
+  gs://*) ;;
+  *) echo "tpu_pod.sh: --workdir=${workdir@Q} must be a gs:// location: every worker writes its" \
+          "shards of each checkpoint there, and a local path is each worker's own disk" >&2
+     exit 2 ;;
+esac
+# The pod's compiled executables are cached beside the run, so a recreated VM compiles nothing
+# (unless the overrides name another place).
+cache_override=("--config.train.compilation_cache_dir=${workdir%/}/compilation_cache")
+for override in "${overrides[@]}"; do
+  case "${override}" in --config.train.compilation_cache_dir=*) cache_override=() ;; esac
+done
+
 quote() { printf '%q ' "$@"; }  # one shell word per argument, safe for any characters
 run() {
   if [ "${dry_run}" = 1 ]; then
@@ -113,5 +126,5 @@ run "${tpu[@]}" ssh "${name}" "${where[@]}" --worker=all "--command=${setup}"
 
 # ---- 5. train on every worker ------------------------------------------------------------------
 train="cd xfm-jax && .venv/bin/python -m xfm_jax.train $(quote "--config=${config}" \
-    "--workdir=${workdir}" "${overrides[@]}")"
+    "--workdir=${workdir}" "${cache_override[@]}" "${overrides[@]}")"
 run "${tpu[@]}" ssh "${name}" "${where[@]}" --worker=all "--command=${train}"

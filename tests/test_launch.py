@@ -182,7 +182,7 @@ def test_tpu_pod_dry_run_prints_every_command_quoted(tmp_path):
                             capture_output=True, text=True, check=True).stdout
     assert remote.split('\0')[:-1] == [
         '-m', 'xfm_jax.train', '--config=configs/xfm_base.py', '--workdir=gs://bucket/runs/x fm',
-        AWKWARD]
+        '--config.train.compilation_cache_dir=gs://bucket/runs/x fm/compilation_cache', AWKWARD]
 
 
 def test_tpu_pod_names_missing_settings():
@@ -194,6 +194,9 @@ def test_tpu_pod_names_missing_settings():
         '--workdir (or XFM_WORKDIR)')
     result = run_script('tpu_pod.sh', '--dry-run', '--workdir=w', '--zone-typo=x')
     assert result.returncode == 2 and "unknown argument '--zone-typo=x'" in result.stderr
+    result = run_script('tpu_pod.sh', '--dry-run', *TPU_SETTINGS, '--workdir=runs/xfm')
+    assert result.returncode == 2
+    assert "--workdir='runs/xfm' must be a gs:// location" in result.stderr
 
 
 def test_slurm_script_needs_sbatch_and_its_arguments():

@@ -169,8 +169,9 @@ def main(argv):
     sys.exit(check(flags.FLAGS.config, flags.FLAGS.topology))
 
 
-if __name__ == '__main__':
-    # Flags are defined only when run as the program, so modules can import each other.
+def run():
+    """The program (``python -m xfm_jax.aot`` and the console script): flags, then main.
+    Flags are defined here, not at import, so that modules and tests may import this one."""
     config_flags.DEFINE_config_file('config', None, 'Run config (configs/*.py[:preset]).',
                                     lock_config=True)
     flags.DEFINE_string('topology', None,
@@ -178,3 +179,7 @@ if __name__ == '__main__':
     flags.mark_flags_as_required(['config', 'topology'])
     from xfm_jax import cli
     app.run(main, flags_parser=cli.parse_flags)
+
+
+if __name__ == '__main__':
+    run()

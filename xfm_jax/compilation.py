@@ -19,7 +19,12 @@ DEFAULT_CACHE_DIR = os.path.join('~', '.cache', 'xfm_jax', 'jax_compilation_cach
 def enable_cache(directory: str) -> str | None:
     """Points jax's persistent compilation cache at ``directory`` (local or ``gs://``; '' turns
     it off). Every executable is cached, however quick its compile: the point is that a restart
-    compiles nothing. Returns the resolved directory or None."""
+    compiles nothing. jax's own ``JAX_COMPILATION_CACHE_DIR``, when set, wins (and keeps jax's
+    settings). Returns the directory in use or None."""
+    if os.environ.get('JAX_COMPILATION_CACHE_DIR'):
+        logging.info('persistent compilation cache: %s (JAX_COMPILATION_CACHE_DIR)',
+                     os.environ['JAX_COMPILATION_CACHE_DIR'])
+        return os.environ['JAX_COMPILATION_CACHE_DIR']
     if not directory:
         logging.info('persistent compilation cache off')
         return None

@@ -23,6 +23,7 @@ to ``OUT/eval_step{step}.json`` (after each evaluator), to TensorBoard (``OUT/te
 from __future__ import annotations
 
 import os
+import sys
 
 from absl import app, flags, logging
 import jax
@@ -81,12 +82,16 @@ def main(argv):
     compilation.enable_cache(config.train.get('compilation_cache_dir', '')
                              if config is not None and 'train' in config
                              else compilation.DEFAULT_CACHE_DIR)
-    evaluate(config, flags.FLAGS.workdir, flags.FLAGS.checkpoint,
-             random_init=flags.FLAGS.random_init)
+    try:
+        evaluate(config, flags.FLAGS.workdir, flags.FLAGS.checkpoint,
+                 random_init=flags.FLAGS.random_init)
+    except (checkpoint.CheckpointError, FileNotFoundError) as e:  # one line: path and cause
+        sys.exit(f'FATAL {e}')
 
 
-if __name__ == '__main__':
-    # Flags are defined only when run as the program, so that tests may import the module.
+def run():
+    """The program (``python -m xfm_jax.evaluate`` and the console script): flags, then main.
+    Flags are defined here, not at import, so that modules and tests may import this one."""
     config_flags.DEFINE_config_file('config', None, 'Run config (configs/*.py[:preset]); '
                                     'default: the config stored in the checkpoint.',
                                     lock_config=True)
@@ -99,3 +104,7 @@ if __name__ == '__main__':
     flags.mark_flags_as_required(['workdir'])
     from xfm_jax import cli
     app.run(main, flags_parser=cli.parse_flags)
+
+
+if __name__ == '__main__':
+    run()

@@ -26,6 +26,7 @@ import dataclasses
 import functools
 import json
 import os
+import sys
 import time
 from typing import Any
 
@@ -308,11 +309,15 @@ def main(argv):
     del argv
     config = flags.FLAGS.config
     compilation.enable_cache(config.train.get('compilation_cache_dir', ''))
-    finetune(config, flags.FLAGS.workdir, flags.FLAGS.init)
+    try:
+        finetune(config, flags.FLAGS.workdir, flags.FLAGS.init)
+    except (checkpoint.CheckpointError, FileNotFoundError) as e:  # one line: path and cause
+        sys.exit(f'FATAL {e}')
 
 
-if __name__ == '__main__':
-    # Flags are defined only when run as the program, so modules can import each other.
+def run():
+    """The program (``python -m xfm_jax.finetune`` and the console script): flags, then main.
+    Flags are defined here, not at import, so that modules and tests may import this one."""
     config_flags.DEFINE_config_file('config', None, 'configs/finetune/<task>.py[:tiny]',
                                     lock_config=True)
     flags.DEFINE_string('workdir', None, 'Metrics and TensorBoard go here.')
@@ -321,3 +326,7 @@ if __name__ == '__main__':
     flags.mark_flags_as_required(['config', 'workdir'])
     from xfm_jax import cli
     app.run(main, flags_parser=cli.parse_flags)
+
+
+if __name__ == '__main__':
+    run()

@@ -224,12 +224,16 @@ def main(argv):
         sys.exit(f'FATAL {e}')
 
 
-if __name__ == '__main__':
-    # Defined here rather than at import, so that a config file or a test may import this
-    # module (for train()) while it runs as the program without defining the flags twice.
+def run():
+    """The program (``python -m xfm_jax.train`` and the console script): flags, then main.
+    Flags are defined here, not at import, so that modules and tests may import this one."""
     config_flags.DEFINE_config_file('config', None, 'Run config (configs/*.py[:preset]).',
                                     lock_config=True)
     flags.DEFINE_string('workdir', None, 'Checkpoints and logs go here.')
     flags.mark_flags_as_required(['config', 'workdir'])
     from xfm_jax import cli
     app.run(main, flags_parser=cli.parse_flags)
+
+
+if __name__ == '__main__':
+    run()

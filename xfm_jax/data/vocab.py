@@ -23,6 +23,8 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from xfm_jax import paths
+
 
 @dataclasses.dataclass(frozen=True)
 class SpecialIds:
@@ -41,10 +43,12 @@ class WordPieceVocabulary(seqio.Vocabulary):
     """
 
     def __init__(self, vocab_file: str, lower_case: bool = True):
-        if not os.path.exists(vocab_file):
+        path = paths.resolve(vocab_file)  # local or gs://
+        if not path.exists():
             raise FileNotFoundError(f'WordPiece vocab file {vocab_file!r} does not exist.')
-        with open(vocab_file, encoding='utf-8') as f:
-            self._tokens = [line.rstrip('\n') for line in f]
+        self._tokens = path.read_text(encoding='utf-8').split('\n')
+        if self._tokens and self._tokens[-1] == '':  # the final newline ends a line
+            self._tokens.pop()
         self._ids = {t: i for i, t in enumerate(self._tokens)}
         for required in ('[PAD]', '[CLS]', '[SEP]', '[MASK]', '[UNK]'):
             if required not in self._ids:
@@ -57,7 +61,11 @@ class WordPieceVocabulary(seqio.Vocabulary):
     def _tokenizer(self):
         import tensorflow_text as tf_text
         with tf.init_scope():  # the lookup table must live outside any tf.data function graph
-            return tf_text.BertTokenizer(self.vocab_file, token_out_type=tf.int32,
+            # A table built from the tokens read above: the file is read once, wherever it is.
+            table = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
+                tf.constant(self._tokens), tf.range(len(self._tokens), dtype=tf.int64)),
+                default_value=-1)
+            return tf_text.BertTokenizer(table, token_out_type=tf.int32,
                                          lower_case=self._lower_case, unknown_token='[UNK]')
 
     @property
@@ -133,13 +141,12 @@ class ByteBPEVocabulary(seqio.Vocabulary):
     def __init__(self, vocab_json: str, merges_txt: str):
         import regex
         for path in (vocab_json, merges_txt):
-            if not os.path.exists(path):
+            if not paths.resolve(path).exists():
                 raise FileNotFoundError(f'BPE file {path!r} does not exist.')
-        with open(vocab_json, encoding='utf-8') as f:
-            self._ids: dict[str, int] = json.load(f)
-        with open(merges_txt, encoding='utf-8') as f:
-            pairs = [tuple(line.split()) for line in f
-                     if line.strip() and not line.startswith('#version')]
+        self._ids: dict[str, int] = json.loads(paths.resolve(vocab_json).read_text('utf-8'))
+        pairs = [tuple(line.split())
+                 for line in paths.resolve(merges_txt).read_text('utf-8').splitlines()
+                 if line.strip() and not line.startswith('#version')]
         self._ranks = {pair: rank for rank, pair in enumerate(pairs)}
         self._tokens = {i: t for t, i in self._ids.items()}
         for required in ('<s>', '</s>', '<pad>', '<mask>', '<unk>'):
@@ -274,9 +281,9 @@ def synthetic_vocab_file(words: Sequence[str], path: str, *, vocab_size: int, pa
     for slot, entry in zip(free, entries):
         tokens[slot] = entry
     lines = [tokens.get(i, f'[unused{i}]') for i in range(vocab_size)]
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f'{path}.tmp{os.getpid()}'
-    with open(tmp, 'w', encoding='utf-8') as f:
-        f.write('\n'.join(lines) + '\n')
-    os.replace(tmp, path)  # atomic: parallel builders never read half a file
+    target = paths.resolve(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f'{target.name}.tmp{os.getpid()}'
+    tmp.write_text('\n'.join(lines) + '\n', encoding='utf-8')
+    tmp.replace(target)  # atomic on local disks: parallel builders never read half a file
     return path
