@@ -84,12 +84,13 @@ def main(argv):
             return
         state, metrics = compiled(state, batch, rng)
         jax.block_until_ready(metrics)
-        times = []
+        times, cpu_times = [], []
         for _ in range(flags.FLAGS.steps):
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             state, metrics = compiled(state, batch, rng)
             jax.block_until_ready(metrics)
             times.append(time.perf_counter() - start)
+            cpu_times.append(time.process_time() - cpu_start)
 
     step_s = float(np.median(times))
     model_flops = flops_lib.train_step_flops(config, sizes)
@@ -101,7 +102,11 @@ def main(argv):
         peak_source = 'fp32 matmul measured now on this CPU'
     peak_total = peak * jax.device_count() if peak_source.endswith('peak') else peak
     achieved = model_flops['total'] / step_s
-    print(f'step: {step_s * 1e3:.1f} ms (median of {len(times)}), loss {float(metrics["loss"]):.4f}')
+    # CPU seconds per step barely move when other programs share the cores; on an accelerator
+    # they are the host's share only.
+    print(f'step: {step_s * 1e3:.1f} ms (median of {len(times)}; CPU time '
+          f'{np.median(cpu_times):.2f} s/step), loss {float(metrics["loss"]):.4f}; '
+          f'load average {os.getloadavg()[0]:.1f}')
     for stream, size in sizes.items():
         print(f'  {stream:<11} {size["batch"] / step_s:10.1f} examples/s  '
               f'{model_flops[stream] / 1e9:12.2f} GFLOP/step')

@@ -141,7 +141,9 @@ class VisionLanguageModel(nn.Module):
 def build_model(config: ml_collections.ConfigDict) -> VisionLanguageModel:
     """``config`` is the ``model`` section of a run config (configs/common.py:model_config)."""
     common = dict(dtype=config.dtype, param_dtype=config.param_dtype,
-                  scan_layers=config.scan_layers, remat_policy=config.remat_policy)
+                  scan_layers=config.scan_layers, remat_policy=config.remat_policy,
+                  # Model configs stored before this key existed run the einsum path.
+                  attention_impl=config.get('attention_impl', 'einsum'))
     vision = VisionConfig(**{k: config.vision[k] for k in (
         'image_size', 'patch_size', 'width', 'depth', 'num_heads', 'mlp_dim', 'layer_scale_init',
         'drop_path_rate', 'ln_eps', 'use_mask_token')}, **common)

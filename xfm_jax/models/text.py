@@ -29,6 +29,7 @@ class TextConfig:
     param_dtype: str = 'float32'
     scan_layers: bool = False
     remat_policy: str = 'none'
+    attention_impl: str = 'einsum'  # layers.ATTENTION_IMPLS
 
     @property
     def max_length(self) -> int:
@@ -71,7 +72,8 @@ class TextEmbeddings(nn.Module):
         cfg = self.config
         x = (self.word_embeddings(ids) + self.position_embeddings(position_ids(ids, cfg))
              + self.token_type_embeddings(jnp.zeros_like(ids)))
-        x = self.dropout(self.norm(x.astype(layers.dtype_of(cfg.dtype))), deterministic=not train)
+        # The sum stays in the parameters' dtype; LayerNorm computes in fp32, returns cfg.dtype.
+        x = self.dropout(self.norm(x), deterministic=not train)
         return layers.constrain(x, 'batch', 'length', 'act_embed')
 
     def decoder_table(self):
@@ -102,7 +104,7 @@ class TransformerLayer(nn.Module):
 
         attention = lambda name: layers.MultiHeadAttention(  # noqa: E731
             cfg.num_heads, dtype=dtype, param_dtype=pdtype, dropout_rate=cfg.dropout,
-            deterministic=self.deterministic, name=name)
+            deterministic=self.deterministic, impl=cfg.attention_impl, name=name)
         x = sublayer(attention('attention')(x, bias=self_bias), x, 'attention_norm')
         if self.cross_attention:
             h = attention('cross_attention')(x, context, bias=context_bias)
@@ -114,7 +116,8 @@ class TransformerLayer(nn.Module):
 
 
 class MLMHead(nn.Module):
-    """dense -> GELU -> LN -> tied decoder + bias.  [B, L, D], table [V, D] -> logits [B, L, V]."""
+    """dense -> GELU -> LN -> tied decoder + bias.  [B, L, D], table [V, D] -> fp32 logits
+    [B, L, V]."""
     config: TextConfig
 
     @nn.compact
@@ -127,7 +130,10 @@ class MLMHead(nn.Module):
                               name='norm')(layers.exact_gelu(x))
         bias = self.param('bias', nn.with_logical_partitioning(nn.initializers.zeros, ('vocab',)),
                           (cfg.vocab_size,), pdtype)
-        logits = jnp.einsum('bld,vd->blv', x, decoder_table.astype(dtype)) + bias.astype(dtype)
+        # fp32 logits (and bias) for the vocabulary-wide softmax, whatever the compute dtype.
+        logits = jnp.einsum('bld,vd->blv', x, decoder_table.astype(dtype),
+                            preferred_element_type=jnp.float32)
+        logits = layers.add_bias(logits, bias.astype(jnp.float32))
         return layers.constrain(logits, 'batch', 'length', 'act_vocab')
 
 

@@ -34,6 +34,7 @@ class VisionConfig:
     param_dtype: str = 'float32'
     scan_layers: bool = False
     remat_policy: str = 'none'
+    attention_impl: str = 'einsum'  # layers.ATTENTION_IMPLS
 
     @property
     def grid(self) -> int:
@@ -100,7 +101,8 @@ class VisionBlock(nn.Module):
 
         h = layers.layer_norm(cfg.ln_eps, dtype=dtype, param_dtype=pdtype, name='norm1')(x)
         h = layers.MultiHeadAttention(
-            cfg.num_heads, dtype=dtype, param_dtype=pdtype, key_bias=False, name='attn')(h, bias=bias)
+            cfg.num_heads, dtype=dtype, param_dtype=pdtype, key_bias=False, impl=cfg.attention_impl,
+            name='attn')(h, bias=bias)
         x = x + drop_path(gamma_1.astype(dtype) * h, drop_rate, self.deterministic, self)
         h = layers.layer_norm(cfg.ln_eps, dtype=dtype, param_dtype=pdtype, name='norm2')(x)
         h = layers.Mlp(cfg.mlp_dim, dtype=dtype, param_dtype=pdtype, name='mlp')(h)
