@@ -337,3 +337,40 @@ def test_folders_pairs_text_and_frames(tmp_path, corpus):
     assert _decode(example['frames'][0]).shape == (24, 32, 3)  # frames bounded too
     assert counts == {'bad': {'missing_file': 1, 'no_text': 1},
                       'dropped_parts': {'undecodable_image_frame': 1}, 'accepted': 1}
+
+
+def test_sources_on_gs_through_the_path_layer(tmp_path, corpus, monkeypatch):
+    """A ``gs://`` glob of shards with images beside them: every file access goes through
+    ``xfm_jax.paths`` (etils.epath), here served from a local folder by epath's test backend,
+    so a plain ``open`` or ``os`` call on a ``gs://`` name would fail the build."""
+    from etils.epath import gpath, testing as epath_testing
+    # epath picks TensorFlow's file system for gs:// whenever TF is installed, past the mock.
+    monkeypatch.setattr(gpath, '_is_tf_installed', lambda: False)
+    bucket = tmp_path / 'bucket'
+    (bucket / 'img').mkdir(parents=True)
+    (bucket / 'img' / 'red.jpg').write_bytes((tmp_path / corpus['good']).read_bytes())
+    _write_lines(bucket / 'part-00000.jsonl', [{'image': 'img/red.jpg', 'caption': 'shard zero'},
+                                               {'image': 'img/gone.jpg', 'caption': 'missing'}])
+    _write_lines(bucket / 'part-00001.jsonl', [b'\xff not utf-8',
+                                               {'image': 'img/red.jpg', 'caption': 'shard one'}])
+
+    def local(path):
+        text = str(path)
+        return text.replace('gs://bucket', str(bucket)) if text.startswith('gs://') else text
+
+    def remote(path):
+        return str(path).replace(str(bucket), 'gs://bucket')
+
+    def redirect(original, path, *args, **kwargs):
+        return original(local(path), *args, **kwargs)
+
+    def glob(original, pattern):
+        return [remote(p) for p in original(local(pattern))]
+
+    with epath_testing.mock_epath(open=redirect, exists=redirect, isdir=redirect,
+                                  listdir=redirect, stat=redirect, glob=glob):
+        examples, counts = _generate(tmp_path, path='gs://bucket/part-*.jsonl')
+    assert sorted((key.rsplit(':', 1)[0], e['captions']) for key, e in examples.items()) == [
+        ('gs://bucket/part-00000.jsonl', ['shard zero']),
+        ('gs://bucket/part-00001.jsonl', ['shard one'])]
+    assert counts == {'bad': {'missing_file': 1, 'undecodable_text': 1}, 'accepted': 2}
