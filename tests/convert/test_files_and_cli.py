@@ -4,6 +4,8 @@ models: a reference-format file written by the exporter imports back to the same
 import argparse
 import json
 import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -93,19 +95,84 @@ def test_command_line_reports_strict_errors(tmp_path):
 
 
 def test_model_config_is_inferred_from_a_reference_checkpoint_without_our_config(tmp_path):
-    """A checkpoint as the reference trainer writes it: sizes come from the tensor shapes, the
-    resolution from --image_size (tables resized), heads from the relpos tables / text width."""
+    """A checkpoint with no text config: sizes come from the tensor shapes, the resolution from
+    --image_size (tables resized), vision heads from the relpos tables; the text heads are
+    refused until --text_num_heads states them."""
     config, params = _params(x2vlm_base)
     files.save_converted(str(tmp_path / 'ours'), params, dict(format='x2vlm', model=config.to_dict()))
     main(['--export', '--input', str(tmp_path / 'ours'), '--output', str(tmp_path / 'ref.pth')])
     saved = torch.load(tmp_path / 'ref.pth', weights_only=True)
     torch.save({'model': saved['model'], 'config': {'image_res': 32}}, tmp_path / 'plain.pth')
 
-    main(['--input', str(tmp_path / 'plain.pth'), '--output', str(tmp_path / 'big'), '--image_size=48'])
+    with pytest.raises(SystemExit, match=r'plain\.pth: Nothing states the text attention heads'):
+        main(['--input', str(tmp_path / 'plain.pth'), '--output', str(tmp_path / 'big')])
+    main(['--input', str(tmp_path / 'plain.pth'), '--output', str(tmp_path / 'big'), '--image_size=48',
+          '--text_num_heads=2'])
     with open(tmp_path / 'big' / files.MODEL_CONFIG) as f:
         model = json.load(f)['model']
     assert model['vision']['image_size'] == 48 and model['vision']['num_heads'] == 2
+    assert model['text']['num_heads'] == 2
     assert (model['text']['depth'], model['fusion']['depth'], model['video_frames']) == (2, 2, 2)
     assert model['text']['vocab_size'] == 512 and model['embed_dim'] == 16
     restored, _ = files.load_converted(str(tmp_path / 'big'))
     assert restored['vision_encoder']['encoder']['blocks_0']['relative_position_bias_table'].shape == (124, 2)
+
+
+# ---- damaged files and wrong arguments: one line naming the file, no traceback ------------------
+
+def _one_line_exit(argv) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    message = str(exit_info.value.code)
+    assert message.startswith('error: ') and '\n' not in message, message
+    return message
+
+
+def test_damaged_files_and_a_wrong_format_are_one_line_errors(tmp_path):
+    torch.save({'model': {'w': torch.zeros(64)}, 'config': {}}, tmp_path / 'full.th')
+    data = (tmp_path / 'full.th').read_bytes()
+    (tmp_path / 'cut.th').write_bytes(data[:len(data) // 2])
+    assert 'cut.th is not a readable PyTorch checkpoint' in _one_line_exit(
+        ['--input', str(tmp_path / 'cut.th'), '--output', str(tmp_path / 'o')])
+
+    write_checkpoint(str(tmp_path / 'ok.safetensors'), {'w': np.zeros(64, np.float32)})
+    data = bytearray((tmp_path / 'ok.safetensors').read_bytes())
+    data[:8] = (len(data) * 2).to_bytes(8, 'little')  # the header claims more bytes than exist
+    (tmp_path / 'lying.safetensors').write_bytes(bytes(data))
+    assert 'lying.safetensors is not a readable safetensors file' in _one_line_exit(
+        ['--input', str(tmp_path / 'lying.safetensors'), '--output', str(tmp_path / 'o')])
+
+    bert = {'embeddings.word_embeddings.weight': np.zeros((8, 4), np.float32)}
+    write_checkpoint(str(tmp_path / 'bert.safetensors'), bert)
+    message = _one_line_exit(['--input', str(tmp_path / 'bert.safetensors'), '--format=beit2',
+                              '--output', str(tmp_path / 'o')])
+    assert 'bert.safetensors: --format=beit2, but its keys are those of a hf_bert' in message
+    assert not (tmp_path / 'o').exists()
+
+
+def test_export_refuses_non_finite_parameters_naming_them(tmp_path):
+    params = {'temp': np.float32(np.nan), 'vision_proj': {'dense': {
+        'kernel': np.array([[1.0, np.inf, -np.inf]], np.float32), 'bias': np.zeros(3, np.float32)}}}
+    files.save_converted(str(tmp_path / 'ours'), params, dict(format='xfm', model={}))
+    message = _one_line_exit(['--export', '--input', str(tmp_path / 'ours'),
+                              '--output', str(tmp_path / 'x.pth')])
+    assert ('2 parameter(s) hold NaN or Inf, refusing to export: temp (1 of 1 values), '
+            'vision_proj/dense/kernel (2 of 3 values)') in message
+    assert not (tmp_path / 'x.pth').exists()
+
+
+def test_safetensors_are_read_without_torch(tmp_path):
+    """A bfloat16 file written by hand (header + raw bytes), read with torch unimportable."""
+    import ml_dtypes
+    values = np.array([1.5, -2.0], ml_dtypes.bfloat16).tobytes()
+    header = json.dumps({'w': {'dtype': 'BF16', 'shape': [2], 'data_offsets': [0, 4]},
+                         '__metadata__': {'config': json.dumps({'image_res': 32})}}).encode()
+    (tmp_path / 'w.safetensors').write_bytes(len(header).to_bytes(8, 'little') + header + values)
+    script = ('import sys; sys.modules["torch"] = None\n'
+              'from xfm_jax.convert import files\n'
+              f'sd, config, _ = files.read_checkpoint({str(tmp_path / "w.safetensors")!r})\n'
+              'print(sd["w"].dtype, sd["w"].tolist(), config)')
+    out = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True,
+                         check=True, cwd=os.path.dirname(os.path.dirname(os.path.dirname(
+                             os.path.abspath(__file__))))).stdout
+    assert out.strip() == "float32 [1.5, -2.0] {'image_res': 32}"

@@ -7,6 +7,8 @@ Formats:
   hf_bert     HF BertModel / BertForMaskedLM -> our TextEncoder (or FusionEncoder: cross-attention).
   hf_roberta  HF RobertaModel / RobertaForMaskedLM -> our TextEncoder.
   hf_beit     HF BeitModel (per-layer or one shared relative position table) -> VisionTransformer.
+  beit2       released BEiT-2 weights (unilm ``beitv2_*_pt1k*.pth``, timm ``beitv2_*``: the same
+              names) -> VisionTransformer, as both references initialise their vision tower.
 
 Each builder lists the rules for the largest structure of the format, sized by the layer counts
 of the target; :func:`key_map` keeps the rules whose targets the target tree has. So a source
@@ -22,7 +24,7 @@ from collections.abc import Collection, Iterable
 
 from xfm_jax.convert.rules import Rule, Tied
 
-FORMATS = ('xfm', 'x2vlm', 'hf_bert', 'hf_roberta', 'hf_beit')
+FORMATS = ('xfm', 'x2vlm', 'hf_bert', 'hf_roberta', 'hf_beit', 'beit2')
 
 _BUFFERS = (
     (r'(^|\.)position_ids$', 'buffer, recomputed'),
@@ -30,7 +32,11 @@ _BUFFERS = (
 )
 _POOLER = ((r'(^|\.)pooler\.', 'pooler, unused by X-FM / X²-VLM'),)
 _REFERENCE_EXTRAS = (
-    (r'^lm_cap_head\.', 'captioning decoder, not part of this model'),
+    # Every RobertaForMaskedLM of the X-FM code (its text AND its fusion encoder) owns one.
+    (r'^((text|fusion)_encoder\.)?lm_cap_head\.',
+     'captioning LM head, used only by captioning fine-tuning, not part of this model'),
+    (r'^fusion_proj\.', 'Linear the X-FM code creates when vision and text widths differ; '
+                        'no forward path uses it'),
     (r'^vqkd\.', 'visual tokenizer teacher, not part of this model'),
     (r'^lm_head\.', 'visual-token head of the vqkd MIM variant, not part of this model'),
 )
@@ -81,8 +87,9 @@ def _has_prefix(keys: Iterable[str] | None, prefix: str, default: bool) -> bool:
 
 # ---- vision --------------------------------------------------------------------------------------
 
-def _beit_reference(spec, src: str, dst: str) -> list[Rule]:
-    """BEiT-2 as in the X-FM / X²-VLM code (timm names, fused qkv, q/v biases, gamma_1/2)."""
+def _beit_reference(spec, src: str, dst: str, shared_table: str | None = None) -> list[Rule]:
+    """BEiT-2 as in the X-FM / X²-VLM code (timm names, fused qkv, q/v biases, gamma_1/2).
+    ``shared_table``: the key of one table that every block takes (BEiT's shared variant)."""
     rules = (_copy(f'{src}cls_token', f'{dst}cls_token')
              + _copy(f'{src}mask_token', f'{dst}mask_token')
              + [Rule('conv', (f'{src}patch_embed.proj.weight',), (f'{dst}patch_embed/kernel',)),
@@ -95,7 +102,7 @@ def _beit_reference(spec, src: str, dst: str) -> list[Rule]:
                           tuple(f'{t}attn/{p}/kernel' for p in ('query', 'key', 'value'))))
         rules += [Rule('bias', (f'{b}attn.q_bias',), (f'{t}attn/query/bias',)),
                   Rule('bias', (f'{b}attn.v_bias',), (f'{t}attn/value/bias',)),
-                  Rule('relpos', (f'{b}attn.relative_position_bias_table',),
+                  Rule('relpos', (shared_table or f'{b}attn.relative_position_bias_table',),
                        (f'{t}relative_position_bias_table',))]
         rules += (_linear(f'{b}attn.proj', f'{t}attn/out', 'linear_out')
                   + _linear(f'{b}mlp.fc1', f'{t}mlp/fc1') + _linear(f'{b}mlp.fc2', f'{t}mlp/fc2')
@@ -279,8 +286,28 @@ def _hf_beit(spec, keys):
     return _beit_hf(spec, infix, '', shared), [], ignored
 
 
+_SHARED_BEIT2_TABLE = 'rel_pos_bias.relative_position_bias_table'
+# Our params that a beit2 file may lack; they keep the fresh initialisation, as the references'
+# non-strict load leaves them (fine-tuned files have no mask token, pre-training ones no fc_norm).
+BEIT2_OPTIONAL = (r'^fc_norm/', r'^mask_token$')
+
+
+def _beit2(spec, keys):
+    shared = _SHARED_BEIT2_TABLE if _has_prefix(keys, _SHARED_BEIT2_TABLE, False) else None
+    ignored = _BUFFERS + (
+        (r'^norm\.', 'final LayerNorm of the pre-training model (before its MIM head); the '
+                     'mean-pooling model the references build has fc_norm instead'),
+        (r'^lm_head\.', 'masked image modeling head (visual tokens), unused'),
+        (r'^cls_pt_layers\.', "BEiT-2 pre-training's extra shallow blocks for the [CLS] loss, "
+                              'unused'),
+        (r'^head\.', 'image classification head, unused'))
+    if 'mask_token' not in spec:
+        ignored += ((r'^mask_token$', 'this model has no MIM mask token'),)
+    return _beit_reference(spec, '', '', shared), [], ignored
+
+
 _BUILDERS = {'xfm': _xfm, 'x2vlm': _x2vlm, 'hf_bert': _hf_text('bert'),
-             'hf_roberta': _hf_text('roberta'), 'hf_beit': _hf_beit}
+             'hf_roberta': _hf_text('roberta'), 'hf_beit': _hf_beit, 'beit2': _beit2}
 
 
 def key_map(fmt: str, spec: Collection[str], source_keys: Collection[str] | None = None) -> KeyMap:
@@ -309,6 +336,8 @@ def detect_format(keys: Collection[str], hf_config: dict | None = None) -> str:
         return 'x2vlm'
     if any('patch_embeddings.projection.weight' in k for k in keys):
         return 'hf_beit'
+    if 'patch_embed.proj.weight' in keys and has('blocks.'):
+        return 'beit2'
     model_type = (hf_config or {}).get('model_type')
     if model_type in ('bert', 'roberta') and (has('embeddings.') or has(f'{model_type}.')):
         return f'hf_{model_type}'

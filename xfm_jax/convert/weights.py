@@ -28,6 +28,7 @@ class ConversionError(ValueError):
     """Raised with every problem of a conversion listed, one per line."""
 
     def __init__(self, what: str, problems: Sequence[str]):
+        self.what, self.problems = what, list(problems)
         shown = list(problems[:40])
         if len(problems) > len(shown):
             shown.append(f'... and {len(problems) - len(shown)} more')
@@ -177,8 +178,16 @@ def export_params(params: Any, fmt: str) -> dict[str, np.ndarray]:
     """Our params (looped or scanned) -> {reference key: numpy array} in ``fmt`` naming.
 
     Tied second names (MLM decoders) are written as copies, as in a PyTorch state dict.
+    Parameters holding NaN or Inf are refused: a diverged run must not become a checkpoint.
     """
     flat = {path: np.asarray(v) for path, v in tree.unstack_layers(tree.flatten(params)).items()}
+    bad = {path: int(np.size(v) - np.isfinite(v.astype(np.float32)).sum())  # bfloat16 too
+           for path, v in flat.items() if v.dtype.kind not in 'biu'}
+    non_finite = [f'{path} ({count} of {np.size(flat[path])} values)'
+                  for path, count in sorted(bad.items()) if count]
+    if non_finite:
+        raise ValueError(f'{len(non_finite)} parameter(s) hold NaN or Inf, refusing to export: '
+                         + ', '.join(non_finite[:10]) + (' ...' if len(non_finite) > 10 else ''))
     key_map = formats.key_map(fmt, flat.keys())
     out, covered = {}, set()
     for rule in key_map.rules:
