@@ -163,3 +163,21 @@ def test_disk_full_names_the_cause(tmp_path):
             manager.wait()
     finally:
         subprocess.run(['umount', '-l', str(mount)])
+
+
+def test_params_as_numpy_for_export(tmp_path):
+    """What `convert --export` reads from a training step: params and the stored model config;
+    non-finite params are refused by name."""
+    manager = checkpoint.Checkpoints(tmp_path / 'checkpoints', _config(tmp_path))
+    state = {'params': {'tower': {'w': jnp.arange(6.0).reshape(2, 3)}}, 'opt': jnp.zeros(4)}
+    manager.save(3, state, {})
+    broken = {'params': {'tower': {'w': jnp.full((2, 3), jnp.nan)}}, 'opt': jnp.zeros(4)}
+    manager.save(4, broken, {})
+    manager.wait()
+    params, model, location = checkpoint.read_params_numpy(tmp_path / 'checkpoints' / '3')
+    assert isinstance(params['tower']['w'], np.ndarray)
+    np.testing.assert_array_equal(params['tower']['w'], np.arange(6.0).reshape(2, 3))
+    assert model == {'family': 'xfm', 'width': 4} and location.step == 3
+    with pytest.raises(ValueError, match=r'non-finite values \(NaN/Inf\) in 1 parameter\(s\): '
+                                         r'tower/w'):
+        checkpoint.read_params_numpy(tmp_path)  # the newest step: 4

@@ -36,6 +36,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 
 from xfm_jax import paths
@@ -266,6 +267,31 @@ def restore_task_params(location: Location, task_name: str, abstract_task_params
         for k, v in wanted.items()})
     check_finite(task, os.fspath(location.tree))
     return task
+
+
+def read_params_numpy(path: Location | paths.PathLike) -> tuple[dict, dict, Location]:
+    """(params as host numpy arrays, model config dict, location) of any checkpoint
+    :func:`locate` accepts, with no mesh: what an export needs. Raises ValueError when the
+    checkpoint states no model config or holds non-finite values."""
+    location = path if isinstance(path, Location) else locate(path)
+    description = location.description or {}
+    model = (description['config']['model'] if 'config' in description
+             else description.get('model'))
+    if model is None:
+        raise ValueError(f'{location.tree} states no model config (a training step written '
+                         'before checkpoints described themselves).')
+    stored = ocp.PyTreeCheckpointer().metadata(location.tree).item_metadata.tree['params']
+    target = {'params': jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), stored)}
+    restored = ocp.PyTreeCheckpointer().restore(location.tree, args=ocp.args.PyTreeRestore(
+        item=target, partial_restore=True,
+        restore_args=jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target)))
+    params = restored['params']
+    if bad := sorted(k for k, v in flax.traverse_util.flatten_dict(params, sep='/').items()
+                     if not np.isfinite(v).all()):
+        raise ValueError(f'{location.tree} holds non-finite values (NaN/Inf) in {len(bad)} '
+                         f'parameter(s): {", ".join(bad[:10])}' + (' ...' if len(bad) > 10
+                                                                   else ''))
+    return params, model, location
 
 
 def load_matching_params(path: Location | paths.PathLike, params, exclude: str = ''):
