@@ -659,7 +659,10 @@ class Reader:
 
 
 def _join(root: str, relative: str):
-    """``relative`` under ``root`` as a path of the path layer (local or gs://)."""
+    """``relative`` under ``root`` as a path of the path layer (local or gs://); an absolute
+    path or a URI stays itself."""
+    if paths.is_remote(relative) or os.path.isabs(relative):
+        return paths.resolve(relative)
     return paths.resolve(root) / relative
 
 
