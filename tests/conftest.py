@@ -10,3 +10,5 @@ os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)  # `configs` is a top-level folder, not an installed package
+
+pytest_plugins = ['tests.gcs']  # gcs_bucket, gcs_dir: a local GCS emulator for gs:// tests
