@@ -69,6 +69,16 @@ def fatal(message: str, status: int = 2):
     sys.exit(status)
 
 
+def _one_line(error: Exception) -> str:
+    """A flag error in brief: config_flags embeds a failing config file's whole traceback, whose
+    last line says what went wrong."""
+    text = str(error)
+    if 'Traceback (most recent call last)' in text:
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        text = f'{text.split("Traceback (most recent call last)")[0].strip()} {lines[-1]}'
+    return text
+
+
 def parse_flags(argv: list[str]) -> list[str]:
     """absl's flag parsing for ``app.run(main, flags_parser=parse_flags)``, then
     :func:`validate` of ``--config`` when the program has one. Any failure is one line:
@@ -84,13 +94,15 @@ def parse_flags(argv: list[str]) -> list[str]:
         fatal(f'Flags parsing error: unknown config key {key!r} in '
               f'{" ".join(overrides) or "the --config.* overrides"}.')
     except (flags.Error, ValueError, TypeError, KeyError) as error:
-        fatal(f'Flags parsing error: {error}')
+        fatal(f'Flags parsing error: {_one_line(error)}')
     config = flags.FLAGS['config'].value if 'config' in flags.FLAGS else None
     if config is not None:
         try:
             validate(config)
         except ValueError as error:
             fatal(f'Invalid config: {error}')
+        except OSError as error:  # config_flags defers a config file it could not load
+            fatal(f'Flags parsing error: --config: {_one_line(error)}')
     return rest
 
 

@@ -68,8 +68,9 @@ def test_finetune_zero_batch_and_negative_eval_interval():
         cli.validate(config)
 
 
-# One subprocess per program (each imports jax: a few seconds apiece), each with a different
-# kind of fault: wrong type, unknown key, a zero count, an unknown flag, a bad argparse value.
+# A subprocess per program (each imports jax: a few seconds apiece), each with a different kind
+# of fault: wrong type, unknown key, a zero count, a config file missing or failing, a bad
+# argparse value.
 PROGRAMS = [
     (['xfm_jax.train', '--config=configs/xfm_base.py:tiny', '--workdir=W',
       '--config.train.total_steps=abc'], 'total_steps=abc'),
@@ -79,12 +80,17 @@ PROGRAMS = [
       '--config.train.batch_size=0'], 'config.train.batch_size=0 must be >= 1'),
     (['xfm_jax.aot', '--config=configs/xfm_base.py:tiny', '--topology=v5e:2x2',
       '--config.checkpoint.every_steps=0'], 'config.checkpoint.every_steps=0 must be >= 1'),
+    (['xfm_jax.train', '--config=configs/nonexistent.py', '--workdir=W'],
+     "No such file or directory: 'configs/nonexistent.py'"),
+    (['xfm_jax.train', '--config=configs/xfm_base.py:bogus', '--workdir=W'],
+     "ValueError: Unknown config preset 'bogus'"),
     (['xfm_jax.convert', '--input=x.th', '--output=OUT', '--format=nonsense'],
      "--format: invalid choice: 'nonsense'"),
 ]
 
 
-@pytest.mark.parametrize('argv, names', PROGRAMS, ids=[p[0][0] for p in PROGRAMS])
+@pytest.mark.parametrize('argv, names', PROGRAMS,
+                         ids=[f'{p[0][0]}-{i}' for i, p in enumerate(PROGRAMS)])
 def test_every_program_fails_with_one_line(argv, names, tmp_path):
     argv = [a.replace('=W', f'={tmp_path}') for a in argv]
     done = subprocess.run([sys.executable, '-m', *argv], cwd=ROOT, capture_output=True,
