@@ -89,17 +89,33 @@ PROGRAMS = [
 ]
 
 
-@pytest.mark.parametrize('argv, names', PROGRAMS,
+@pytest.fixture(scope='module')
+def program_runs(tmp_path_factory):
+    """Every case of PROGRAMS started at once (they wait on imports, not on each other), then
+    collected: {index: (workdir, exit status, stderr)}."""
+    env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'TF_CPP_MIN_LOG_LEVEL': '3'}
+    started = {}
+    for i, (argv, _) in enumerate(PROGRAMS):
+        workdir = tmp_path_factory.mktemp(f'program{i}')
+        argv = [a.replace('=W', f'={workdir}') for a in argv]
+        started[i] = workdir, subprocess.Popen([sys.executable, '-m', *argv], cwd=ROOT, env=env,
+                                               stdout=subprocess.DEVNULL,
+                                               stderr=subprocess.PIPE, text=True)
+    runs = {}
+    for i, (workdir, process) in started.items():
+        _, stderr = process.communicate(timeout=300)
+        runs[i] = workdir, process.returncode, stderr
+    return runs
+
+
+@pytest.mark.parametrize('index', range(len(PROGRAMS)),
                          ids=[f'{p[0][0]}-{i}' for i, p in enumerate(PROGRAMS)])
-def test_every_program_fails_with_one_line(argv, names, tmp_path):
-    argv = [a.replace('=W', f'={tmp_path}') for a in argv]
-    done = subprocess.run([sys.executable, '-m', *argv], cwd=ROOT, capture_output=True,
-                          text=True, timeout=120,
-                          env={**os.environ, 'JAX_PLATFORMS': 'cpu', 'TF_CPP_MIN_LOG_LEVEL': '3'})
+def test_every_program_fails_with_one_line(program_runs, index):
+    workdir, returncode, stderr = program_runs[index]
     # TensorFlow's C++ start-up notes may precede it (programs that import TF); ours is the one
     # FATAL line, last, and no traceback.
-    lines = done.stderr.strip().splitlines()
-    assert done.returncode == 2, done.stderr
-    assert [line for line in lines if line.startswith('FATAL ')] == lines[-1:], done.stderr
-    assert names in lines[-1] and 'Traceback' not in done.stderr
-    assert not os.listdir(tmp_path)  # stopped before writing anything
+    lines = stderr.strip().splitlines()
+    assert returncode == 2, stderr
+    assert [line for line in lines if line.startswith('FATAL ')] == lines[-1:], stderr
+    assert PROGRAMS[index][1] in lines[-1] and 'Traceback' not in stderr
+    assert not os.listdir(workdir)  # stopped before writing anything
