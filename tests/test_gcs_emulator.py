@@ -13,11 +13,14 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from xfm_jax import paths
+import pytest
+
+from xfm_jax import gcs_emulator, paths
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -43,6 +46,39 @@ def test_print_env_repeats_the_running_emulators_exports(gcs_bucket):
                          env=gcs_bucket.subprocess_env()).stdout
     assert out == gcs_bucket.emulator.exports()
     assert f'export TENSORSTORE_GCS_HTTP_URL=http://127.0.0.1:{port}\n' in out
+
+
+def test_a_bad_bucket_name_fails_the_start_with_the_servers_reason():
+    with pytest.raises(RuntimeError, match="cannot create bucket 'b': 400 .*invalid bucket name"):
+        with gcs_emulator.running(buckets=['b']):
+            pass
+
+
+_KILLED_PARENT = r'''
+import os, sys, time
+from xfm_jax import gcs_emulator
+with gcs_emulator.running(buckets=['xfm-orphan']) as emulator:
+    print(emulator.port, flush=True)
+    time.sleep(300)
+'''
+
+
+def test_emulator_stops_when_its_parent_is_killed():
+    parent = subprocess.Popen([sys.executable, '-c', _KILLED_PARENT], cwd=ROOT, text=True,
+                              stdout=subprocess.PIPE,
+                              env={**os.environ, 'PYTHONPATH': ROOT})
+    port = int(parent.stdout.readline())
+    parent.kill()  # SIGKILL: no cleanup code of the parent runs
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while _listening(port):
+        assert time.monotonic() < deadline, f'the emulator on port {port} outlived its parent'
+        time.sleep(0.1)
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(('127.0.0.1', port)) == 0
 
 
 def test_tf_gfile_write_list_read_delete(gcs_bucket, gcs_dir):

@@ -340,7 +340,11 @@ def _serve(buckets: Sequence[str], port: int) -> Iterator[Emulator]:
         emulator = Emulator(url=f'http://127.0.0.1:{port}', env=_env(port, proxy.port, ca_path))
         _wait_until_serving(emulator, server)
         for bucket in buckets:
-            emulator.create_bucket(bucket)
+            try:
+                emulator.create_bucket(bucket)
+            except urllib.error.HTTPError as e:
+                raise RuntimeError(f'cannot create bucket {bucket!r}: {e.code} '
+                                   f'{e.read().decode(errors="replace").strip()}') from None
         (state_dir / 'env.sh').write_text(emulator.exports())
         # Written last: its presence tells running() that the emulator is ready.
         (state_dir / 'env.tmp').write_text(json.dumps(emulator.env))
@@ -377,13 +381,14 @@ def running(buckets: Sequence[str] = DEFAULT_BUCKETS, port: int | None = None,
             log_path: str | os.PathLike | None = None) -> Iterator[Emulator]:
     """Starts the emulator as a child process (``python -m xfm_jax.gcs_emulator``) with plain
     HTTP on ``port`` (a free one by default), creates ``buckets`` and yields the
-    :class:`Emulator`; stops it on exit. The child's output goes to ``log_path`` (discarded by
-    default). A child process, not a thread: TensorFlow holds the GIL through some of its
-    requests, which would starve a proxy thread in the same interpreter."""
+    :class:`Emulator`; stops it on exit. The child's output goes to ``log_path`` (to a temporary
+    file by default, quoted if the start fails). A child process, not a thread: TensorFlow holds
+    the GIL through some of its requests, which would starve a proxy thread in this
+    interpreter."""
     port = port or _free_port()
     _check_port_free(port)
     env_json = _state_dir(port) / 'env.json'
-    log = open(log_path, 'ab') if log_path else subprocess.DEVNULL
+    log = open(log_path, 'ab+') if log_path else tempfile.TemporaryFile()
     child = subprocess.Popen(
         [sys.executable, '-m', 'xfm_jax.gcs_emulator', f'--port={port}',
          *(f'--bucket={b}' for b in buckets)],
@@ -393,12 +398,11 @@ def running(buckets: Sequence[str] = DEFAULT_BUCKETS, port: int | None = None,
     try:
         deadline = time.monotonic() + _STARTUP_TIMEOUT_S
         while not env_json.is_file():
-            if child.poll() is not None:
-                raise RuntimeError(f'the GCS emulator exited with status {child.returncode} at '
-                                   f'start{f"; see {log_path}" if log_path else ""}')
-            if time.monotonic() > deadline:
-                raise RuntimeError(f'the GCS emulator was not ready within '
-                                   f'{_STARTUP_TIMEOUT_S:.0f} s')
+            if child.poll() is not None or time.monotonic() > deadline:
+                log.seek(0)
+                tail = log.read().decode(errors='replace').strip().splitlines()[-1:]
+                raise RuntimeError(f'the GCS emulator did not start on port {port}: '
+                                   f'{tail[0] if tail else "no output"}')
             time.sleep(0.05)
         yield Emulator(url=f'http://127.0.0.1:{port}', env=json.loads(env_json.read_text()))
     finally:
@@ -408,8 +412,7 @@ def running(buckets: Sequence[str] = DEFAULT_BUCKETS, port: int | None = None,
         except subprocess.TimeoutExpired:
             child.kill()
             child.wait()
-        if log is not subprocess.DEVNULL:
-            log.close()
+        log.close()
 
 
 def main(argv):
@@ -424,7 +427,10 @@ def main(argv):
         print(env_sh.read_text(), end='')
         return
     buckets = flags.FLAGS.bucket or DEFAULT_BUCKETS
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # `kill` cleans up like Ctrl-C
+    # `kill` cleans up like Ctrl-C, also when a shell started this in the background (SIGINT
+    # ignored there).
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, signal.default_int_handler)
     try:
         with _serve(buckets, port or _free_port()) as emulator:
             print(f'# GCS emulator on {emulator.url}, buckets: '
@@ -435,6 +441,8 @@ def main(argv):
             threading.Event().wait()
     except KeyboardInterrupt:
         pass
+    except RuntimeError as e:  # a taken port, a missing binary: one line, no traceback
+        sys.exit(f'gcs_emulator: {e}')
 
 
 def run():
