@@ -367,9 +367,16 @@ def test_sources_on_gs_through_the_path_layer(tmp_path, corpus, monkeypatch):
     def glob(original, pattern):
         return [remote(p) for p in original(local(pattern))]
 
+    b64 = base64.b64encode((tmp_path / corpus['good']).read_bytes()).decode()
+    (bucket / 'cc3m').mkdir()
+    _write_lines(bucket / 'cc3m' / 'part-00000', [{'binary': b64, 'desc': ['reference', 'x']}])
     with epath_testing.mock_epath(open=redirect, exists=redirect, isdir=redirect,
                                   listdir=redirect, stat=redirect, glob=glob):
         examples, counts = _generate(tmp_path, path='gs://bucket/part-*.jsonl')
+        # The reference's own shard folder, unchanged, by the preset.
+        shards, shard_counts = _generate(tmp_path, path='gs://bucket/cc3m', preset='xvlm')
+    assert [e['captions'] for e in shards.values()] == [['reference', 'x']]
+    assert shard_counts == {'accepted': 1}
     assert sorted((key.rsplit(':', 1)[0], e['captions']) for key, e in examples.items()) == [
         ('gs://bucket/part-00000.jsonl', ['shard zero']),
         ('gs://bucket/part-00001.jsonl', ['shard one'])]
