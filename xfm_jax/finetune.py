@@ -40,7 +40,7 @@ import optax
 from ml_collections import config_flags
 
 from xfm_jax import checkpoint
-from xfm_jax import compilation, finetuning, optim, partitioning, paths
+from xfm_jax import cli, compilation, finetuning, optim, partitioning, paths
 from xfm_jax.finetuning import common
 from xfm_jax.models.model import build_model
 from xfm_jax.train_step import TrainState, jit_train_step
@@ -186,6 +186,7 @@ def finetune(config, workdir: str, init: str | None = None,
              devices: list[jax.Device] | None = None) -> dict[str, Any]:
     """Fine-tunes and evaluates. Returns what ``finetune.json`` holds (``eval``: final metrics,
     ``train``: the logged train metrics, ...) plus ``params``: the fine-tuned parameters."""
+    cli.validate(config)  # bad counts fail here, in one line, before anything compiles
     config = ml_collections.ConfigDict(config.to_dict())  # unlocked copy
     workdir = paths.resolve(workdir)
     # ---- mesh --------------------------------------------------------------------------------
@@ -324,7 +325,6 @@ def run():
     flags.DEFINE_string('init', None, 'Pre-trained parameters: a pre-training workdir, an Orbax '
                         'step directory, or a converted checkpoint directory.')
     flags.mark_flags_as_required(['config', 'workdir'])
-    from xfm_jax import cli
     app.run(main, flags_parser=cli.parse_flags)
 
 

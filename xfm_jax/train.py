@@ -23,7 +23,7 @@ import numpy as np
 from ml_collections import config_flags
 
 from xfm_jax import checkpoint as checkpoint_lib
-from xfm_jax import compilation, distributed, flops, partitioning, paths, streams
+from xfm_jax import cli, compilation, distributed, flops, partitioning, paths, streams
 from xfm_jax import train_step as ts
 from xfm_jax.models.model import build_model
 
@@ -66,6 +66,7 @@ def non_finite(metrics: dict, params) -> list[str]:
 def train(config, workdir: str) -> dict:
     """Runs (or resumes) training in ``workdir`` (local or ``gs://``); returns the last step's
     metrics as floats."""
+    cli.validate(config)  # bad counts fail here, in one line, before anything compiles
     workdir = paths.resolve(workdir)
     compilation.enable_cache(config.train.get('compilation_cache_dir', ''))
     lock = checkpoint_lib.WorkdirLock(workdir, config.checkpoint.lock_stale_seconds)
@@ -231,7 +232,6 @@ def run():
                                     lock_config=True)
     flags.DEFINE_string('workdir', None, 'Checkpoints and logs go here.')
     flags.mark_flags_as_required(['config', 'workdir'])
-    from xfm_jax import cli
     app.run(main, flags_parser=cli.parse_flags)
 
 
