@@ -1,4 +1,4 @@
-"""A local Google Cloud Storage emulator on 127.0.0.1, to rehearse a ``gs://`` run without the cloud.
+"""A local Google Cloud Storage emulator on 127.0.0.1: rehearse a ``gs://`` run without the cloud.
 
     python -m xfm_jax.gcs_emulator [--port=4443] [--bucket=xfm-rehearsal ...]
     eval "$(python -m xfm_jax.gcs_emulator --port=4443 --print_env)"   # in another shell
