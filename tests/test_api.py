@@ -3,6 +3,7 @@ X-FM, written from an 8-device mesh) and on its converted-style copy: every meth
 independent route (the pipeline's TensorFlow transform, the model's own methods on one device,
 hand-summed answer log-likelihoods)."""
 
+import dataclasses
 import io
 import os
 
@@ -171,30 +172,63 @@ def test_itm_ground_and_classify(model, params):
         names[i] for i in model.itc_scores(pixels, prompts).argmax(axis=1)]
 
 
-def test_answer_ranks_by_answer_likelihood(model, params):
-    """A pre-trained checkpoint: the decoder started from the fusion encoder; each candidate's
-    log-likelihood summed by hand from the decoder's next-token distributions."""
-    pixels = model.preprocess(_images(1))
-    candidates = ['red', 'two', 'blue square']
-    question = 'what colour is the circle'
-    scores = model.answer_scores(pixels, question, candidates)
-    assert 'not fine-tuned' in model.answer_decoder
+def _answer_log_likelihoods(model, params, weights, pixels, question, candidates):
+    """[A] log-likelihoods of ``candidates`` summed by hand from the answer decoder (params
+    ``weights``) over the fused question states of the model with ``params``."""
     q_ids = model.tokenize(question)
     q_mask = (q_ids != model.module.text.pad_id).astype(np.int32)
     fused = model.module.apply({'params': params}, jnp.asarray(pixels), q_ids, q_mask,
                                method=lambda m, x, i, k: m.fuse(m.encode_text(i, k), k,
                                                                 m.encode_image(x)))
-    answer_decoder = decoder.AnswerDecoder(model.module.fusion)
-    weights = decoder.params_from_model(params, model.module.own_fusion_mlm_head)
     answers = model.tokenize(candidates, 8)
     answer_mask = (answers != model.module.text.pad_id).astype(np.int32)
-    logits = answer_decoder.apply({'params': weights}, answers, answer_mask,
-                                  jnp.repeat(fused, 3, 0), np.repeat(q_mask, 3, 0))
+    logits = decoder.AnswerDecoder(model.module.fusion).apply(
+        {'params': weights}, answers, answer_mask, jnp.repeat(fused, len(answers), 0),
+        np.repeat(q_mask, len(answers), 0))
     log_probs = np.asarray(jax.nn.log_softmax(logits))  # position t predicts token t + 1
-    for a in range(3):
-        want = sum(log_probs[a, t - 1, answers[a, t]] for t in range(1, answer_mask[a].sum()))
-        np.testing.assert_allclose(scores[0, a], want, rtol=1e-4)
-    assert model.answer(pixels, question, candidates) == candidates[int(np.argmax(scores))]
+    return np.array([sum(log_probs[a, t - 1, answers[a, t]] for t in range(1, mask.sum()))
+                     for a, mask in enumerate(answer_mask)])
+
+
+ANSWERS = ['red', 'two', 'blue square']
+QUESTION = 'what colour is the circle'
+
+
+def test_answer_ranks_by_answer_likelihood(model, params):
+    """A pre-trained checkpoint: the decoder started from the fusion encoder."""
+    pixels = model.preprocess(_images(1))
+    scores = model.answer_scores(pixels, QUESTION, ANSWERS)
+    assert 'not fine-tuned' in model.answer_decoder
+    weights = decoder.params_from_model(params, model.module.own_fusion_mlm_head)
+    np.testing.assert_allclose(
+        scores[0], _answer_log_likelihoods(model, params, weights, pixels, QUESTION, ANSWERS),
+        rtol=1e-4)
+    assert model.answer(pixels, QUESTION, ANSWERS) == ANSWERS[int(np.argmax(scores))]
+
+
+def test_answer_of_a_generative_vqa_finetune(model, params, run_config, tmp_path):
+    """A fine-tuning output (whole model + the task's decoder): its own decoder answers; a
+    classifier-head fine-tune is refused by name."""
+    config = run_config.copy_and_resolve_references()
+    config.task = dict(name='vqa', head='generative', answer_len=8, text_len=24)
+    host = jax.device_get(params)
+    rng = np.random.default_rng(0)
+    tuned = jax.tree.map(lambda x: x + rng.normal(0, 0.3, x.shape).astype(x.dtype),
+                         decoder.params_from_model(host, model.module.own_fusion_mlm_head))
+    checkpoint.save_params(tmp_path, {'params': host, 'task': {'decoder': tuned}},
+                           {'format': 'xfm', 'model': config.model.to_dict(), 'task': 'vqa',
+                            **checkpoint.describe_run(config)})
+    finetuned = xfm_jax.load(tmp_path)
+    assert finetuned.answer_decoder == 'fine-tuned decoder'
+    pixels = model.preprocess(_images(1))
+    want = _answer_log_likelihoods(model, params, tuned, pixels, QUESTION, ANSWERS)
+    np.testing.assert_allclose(finetuned.answer_scores(pixels, QUESTION, ANSWERS)[0], want,
+                               rtol=1e-4)
+    assert not np.allclose(want, model.answer_scores(pixels, QUESTION, ANSWERS)[0], rtol=1e-3)
+    config.task.head = 'classifier'
+    classifier = dataclasses.replace(finetuned, config=config)
+    with pytest.raises(ValueError, match="'classifier' head, whose answer list"):
+        classifier.answer(pixels, QUESTION, ANSWERS)
 
 
 def test_converted_checkpoint(model, params, run_config, tmp_path):
