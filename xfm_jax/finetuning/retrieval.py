@@ -44,7 +44,9 @@ class RetrievalModel(nn.Module):
                                         ml_collections.ConfigDict({'soft_targets': True}))
         itm_loss, itm_metrics = itm.itm(
             model, enc, batch, self.make_rng('sample'),
-            ml_collections.ConfigDict({'negative_groups': self.itm_negative_groups}))
+            # A caption of the same image is no negative here (the reference passes image ids).
+            ml_collections.ConfigDict({'negative_groups': self.itm_negative_groups,
+                                       'negatives': 'image'}))
         return itc_loss + itm_loss, {'itc_loss': itc_loss, 'itm_loss': itm_loss,
                                      **itc_metrics, **itm_metrics}
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import flax.linen as nn
 import jax.numpy as jnp
+from flax import traverse_util
 
 from xfm_jax.models import layers
 from xfm_jax.models.text import MLMHead, TextConfig, TransformerLayer
@@ -46,6 +47,26 @@ class FusionEncoder(nn.Module):
         image_tokens = image_tokens.astype(layers.dtype_of(self.config.dtype))
         return self.encoder(text_hidden, jnp.zeros(self.config.depth), self_bias, image_tokens,
                             cross_bias, deterministic=not train)
+
+    def without_cross_attention(self, text_hidden, text_mask, *, train: bool = False):
+        """The fusion layers' self-attention and FFN only, for text without an image: X²-VLM's
+        reference runs its whole BERT stack on text alone, skipping cross-attention where no
+        image is given. [B, L, Dt], [B, L] -> [B, L, Dt].
+
+        The same parameters (cross-attention ones left out) run through a stack built without
+        cross-attention: flax gives one parameter scope to one module only.
+        """
+        cfg = self.config
+        flat = traverse_util.flatten_dict(self.encoder.variables['params'], sep='/')
+        shared = traverse_util.unflatten_dict(
+            {path: v for path, v in flat.items() if '/cross_attention' not in path}, sep='/')
+        stack = layers.LayerStack(
+            TransformerLayer, dict(config=cfg, cross_attention=False), cfg.depth,
+            scan=cfg.scan_layers, remat=cfg.remat_policy, parent=None)
+        self_bias = layers.padding_bias(text_mask, layers.SELF_ATTENTION_MASK_VALUE)
+        return stack.apply({'params': shared}, text_hidden, jnp.zeros(cfg.depth), self_bias,
+                           deterministic=not train,
+                           rngs={'dropout': self.make_rng('dropout')} if train else None)
 
     def mlm_logits(self, hidden):
         if not self.own_mlm_head:

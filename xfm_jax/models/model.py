@@ -83,6 +83,15 @@ class VisionLanguageModel(nn.Module):
             image_mask = jnp.ones(image_tokens.shape[:2], jnp.int32)
         return self.fusion_encoder(text_hidden, text_mask, image_tokens, image_mask, train=train)
 
+    def encode_text_for_mlm(self, ids, mask, *, train: bool = False):
+        """The hidden states the text MLM head reads, [B, L] -> [B, L, Dt]. X-FM: the language
+        encoder's output. X²-VLM: its one BERT stack in full, the fusion layers without
+        cross-attention (no image), as the reference computes text-only MLM."""
+        hidden = self.encode_text(ids, mask, train=train)
+        if self.family == 'x2vlm':
+            hidden = self.fusion_encoder.without_cross_attention(hidden, mask, train=train)
+        return hidden
+
     # ---- heads -------------------------------------------------------------------------------
     def text_mlm_logits(self, text_hidden):
         return self.text_encoder.mlm_logits(text_hidden)

@@ -3,6 +3,16 @@
 Negatives are mined within contiguous groups of the batch (``settings.negative_groups``): the
 reference mines in each device's LOCAL batch, so the train step sets the number of batch shards.
 Keeping gathers inside a group also keeps them on the device that holds the group.
+
+Which candidates an anchor may draw (``settings.negatives``):
+  'pair'   every other valid pair; only the pair itself is excluded. The reference's
+           pre-training rule (X-FM and X²-VLM, image-text and region batches alike): a region
+           text may draw another region of its own image, which is a true negative for it.
+  'image'  every valid pair of ANOTHER image id: no caption of the same image is drawn as a
+           negative. Right where an image has several interchangeable captions (the reference's
+           retrieval fine-tuning excludes the same image id so).
+Both weight a candidate as the reference does: softmax of the similarity over the valid
+candidates, plus 1e-5, then zero where excluded.
 """
 
 from __future__ import annotations
@@ -23,32 +33,49 @@ def _grouped(x, num_groups: int):
     return x.reshape(num_groups, x.shape[0] // num_groups, *x.shape[1:])
 
 
+NEGATIVE_RULES = ('pair', 'image')
+_WEIGHT_FLOOR = 1e-5  # the reference adds it to every softmax weight before excluding
+
+
 def sample_negatives(rng, image_embedding, text_embedding, temperature, image_id, valid,
-                     num_groups: int):
+                     num_groups: int, exclude: str):
     """Draws one hard negative text per image and one hard negative image per text.
 
-    Within each group, image i draws text j with probability softmax_j(v_i . t_j / temp) over the
-    allowed j: a different image id (same id = a positive, never drawn) and valid. Likewise text i
-    draws image j. Similarities are stop_gradient'ed: sampling is not differentiated.
+    Within each group, image i draws text j with probability proportional to
+    softmax_j(v_i . t_j / temp) + 1e-5 over the allowed j (valid, and not excluded by the rule
+    ``exclude``, see the module doc); likewise text i draws image j. Similarities are
+    stop_gradient'ed: sampling is not differentiated.
 
     Args:
-      image_embedding, text_embedding: [B, E]; image_id [B] int; valid [B] float.
+      image_embedding, text_embedding: [B, E]; image_id [B] int; valid [B] float;
+      exclude: one of ``NEGATIVE_RULES``.
     Returns:
       neg_text_for_image [B] int32, neg_image_for_text [B] int32 (batch indices, always inside
       the anchor's group), has_negative [B] bool (false when the group holds no allowed pair;
       that row's index is then meaningless and must be excluded).
     """
+    if exclude not in NEGATIVE_RULES:
+        raise ValueError(f'objectives.itm.negatives must be one of {NEGATIVE_RULES}, got '
+                         f'{exclude!r}.')
     image_embedding = _grouped(jax.lax.stop_gradient(image_embedding), num_groups)
     text_embedding = _grouped(jax.lax.stop_gradient(text_embedding), num_groups)
     logits = jax.vmap(similarity, in_axes=(0, 0, None))(
         image_embedding, text_embedding, jax.lax.stop_gradient(temperature))  # [G, n, n]
     ids, ok = _grouped(image_id, num_groups), _grouped(valid, num_groups) > 0
-    # Row = anchor, column = candidate; the condition is symmetric in the ids.
-    allowed = (ids[:, :, None] != ids[:, None, :]) & ok[:, None, :]
+    # Row = anchor, column = candidate; both rules are symmetric.
+    if exclude == 'pair':
+        allowed = ~jnp.eye(ids.shape[1], dtype=bool)[None] & ok[:, None, :]
+    else:
+        allowed = (ids[:, :, None] != ids[:, None, :]) & ok[:, None, :]
+
+    def draw(key, rows):
+        weights = jax.nn.softmax(jnp.where(ok[:, None, :], rows, -jnp.inf), axis=-1)
+        weights = jnp.where(allowed, weights + _WEIGHT_FLOOR, 0.0)
+        return jax.random.categorical(key, jnp.log(weights))
+
     text_rng, image_rng = jax.random.split(rng)
-    neg_text = jax.random.categorical(text_rng, jnp.where(allowed, logits, -jnp.inf))
-    neg_image = jax.random.categorical(image_rng,
-                                       jnp.where(allowed, jnp.swapaxes(logits, 1, 2), -jnp.inf))
+    neg_text = draw(text_rng, logits)
+    neg_image = draw(image_rng, jnp.swapaxes(logits, 1, 2))
     # Group-local indices -> batch indices.
     offset = (jnp.arange(num_groups, dtype=jnp.int32) * ids.shape[1])[:, None]
     return ((neg_text + offset).reshape(-1), (neg_image + offset).reshape(-1),
@@ -68,17 +95,30 @@ def _interleave(*xs):
     return jnp.stack(xs, axis=1).reshape(-1, *xs[0].shape[1:])
 
 
-def itm(model, enc: dict, batch: dict, rng, settings: ml_collections.ConfigDict):
+def itm(model, enc: dict, batch: dict, rng, settings: ml_collections.ConfigDict,
+        negatives=None):
     """Binary match CE over B' positives, B' (text, negative image) and B' (negative text, image)
     pairs run through the fusion encoder. Reads the pair view: ``image_tokens``, ``image_mask``,
     ``text_hidden``, ``attention_mask``, ``image_embedding``, ``text_embedding``, ``image_id``,
-    ``valid``. ``rng`` draws the negatives."""
+    ``valid``. ``rng`` draws the negatives (``settings.negatives`` says which are allowed).
+
+    ``negatives``: given draws instead, ``(neg_text_for_image, neg_image_for_text)`` [B'] int
+    batch indices (each inside its row's group of ``settings.negative_groups``), e.g. to replay
+    the draws of another implementation exactly; every row's negatives then count.
+    """
     del batch  # the pair view holds everything
     groups = settings.negative_groups
     valid = enc['valid']
-    neg_text, neg_image, has_negative = sample_negatives(
-        rng, enc['image_embedding'], enc['text_embedding'], model.temperature(), enc['image_id'],
-        valid, groups)
+    if negatives is None:
+        neg_text, neg_image, has_negative = sample_negatives(
+            rng, enc['image_embedding'], enc['text_embedding'], model.temperature(),
+            enc['image_id'], valid, groups, settings.negatives)
+    else:
+        neg_text, neg_image = (jnp.asarray(n, jnp.int32) for n in negatives)
+        if neg_text.shape != valid.shape or neg_image.shape != valid.shape:
+            raise ValueError(f'ITM: given negatives {neg_text.shape}, {neg_image.shape} must '
+                             f'have one index per pair, {valid.shape}.')
+        has_negative = jnp.ones(valid.shape, bool)
     text_hidden, text_mask = enc['text_hidden'], enc['attention_mask']
     image_tokens, image_mask = enc['image_tokens'], enc['image_mask']
     take = lambda x, index: _take_in_groups(x, index, groups)  # noqa: E731

@@ -27,11 +27,16 @@ def mim_loss(predicted, target, mim_mask):
     return patch_loss, jnp.mean(squared[:, 0])
 
 
-def mim(model, enc: dict, batch: dict, rng, settings: ml_collections.ConfigDict):
+def mim(model, enc: dict, batch: dict, rng, settings: ml_collections.ConfigDict, mim_mask=None):
     """Reads ``enc['image_tokens']`` (the unmasked pass, [B, 1+N, D]) and the batch's ``image``
-    and ``mim_mask``; the masked pass is MIM's own."""
+    and ``mim_mask``; the masked pass is MIM's own. ``mim_mask`` [B, N] bool: a given mask in
+    place of the batch's, e.g. to replay another implementation's draw exactly."""
     del rng, settings  # the mask comes with the data (objectives.mim.num_masked sizes it)
+    mim_mask = batch['mim_mask'] if mim_mask is None else mim_mask
+    if mim_mask.shape != batch['mim_mask'].shape:
+        raise ValueError(f'MIM: given mask {tuple(mim_mask.shape)} must have the shape of the '
+                         f"batch's mim_mask, {tuple(batch['mim_mask'].shape)}.")
     target = jax.lax.stop_gradient(enc['image_tokens'])
-    predicted = model.encode_image(batch['image'], batch['mim_mask'], train=enc['train'])
-    patch_loss, pooled_loss = mim_loss(predicted, target, batch['mim_mask'])
+    predicted = model.encode_image(batch['image'], mim_mask, train=enc['train'])
+    patch_loss, pooled_loss = mim_loss(predicted, target, mim_mask)
     return patch_loss + pooled_loss, {'mim_patch_loss': patch_loss, 'mim_pooled_loss': pooled_loss}

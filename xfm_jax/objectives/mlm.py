@@ -1,4 +1,7 @@
-"""Text masked language modelling on the language encoder's MLM head (docs/design.md §7.1)."""
+"""Text masked language modelling on the language encoder's MLM head (docs/design.md §7.1).
+
+X²-VLM reads the head after its whole stack (fusion layers without cross-attention), X-FM after
+the language encoder: ``model.encode_text_for_mlm`` says which."""
 
 from __future__ import annotations
 
@@ -39,10 +42,11 @@ def masked_positions(hidden, targets, weights, max_predictions: int):
 
 
 def mlm(model, enc: dict, batch: dict, rng, settings: ml_collections.ConfigDict):
-    """Encodes ``masked_ids`` with the language encoder; CE against ``mlm_targets`` at
+    """Encodes ``masked_ids`` (``model.encode_text_for_mlm``); CE against ``mlm_targets`` at
     ``mlm_weights`` (all [B, L] in ``enc``), on at most ``settings.max_predictions`` positions."""
     del batch, rng  # reads the text fields of ``enc``; the masks come with the data
-    hidden = model.encode_text(enc['masked_ids'], enc['attention_mask'], train=enc['train'])
+    hidden = model.encode_text_for_mlm(enc['masked_ids'], enc['attention_mask'],
+                                       train=enc['train'])
     hidden, targets, weights = masked_positions(hidden, enc['mlm_targets'], enc['mlm_weights'],
                                                 settings.get('max_predictions', 0))
     loss, accuracy = masked_lm_loss(model.text_mlm_logits(hidden), targets, weights)
