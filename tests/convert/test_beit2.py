@@ -131,3 +131,22 @@ def test_both_towers_convert_into_the_names_of_the_whole_model(tmp_path, capsys)
 
     with pytest.raises(SystemExit, match='convert each tower alone'):
         main(['--export', '--input', str(tmp_path / 'init'), '--output', str(tmp_path / 'x.pth')])
+
+
+def test_convert_reads_and_writes_gs_paths(gcs_bucket, gcs_dir):
+    """A file in a bucket -> converted params in the bucket -> exported back into the bucket."""
+    sd = _beit2_state_dict('timm', grid=4)
+    files.write_checkpoint(f'{gcs_dir}/beitv2_tiny.safetensors', sd, {'image_res': 32})
+    main(['--input', f'{gcs_dir}/beitv2_tiny.safetensors', '--output', f'{gcs_dir}/ours'])
+    params, saved = files.load_converted(f'{gcs_dir}/ours')
+    assert saved['reference_config'] == {'image_res': 32}
+    np.testing.assert_array_equal(params['cls_token'], sd['cls_token'])
+    main(['--export', '--input', f'{gcs_dir}/ours', '--output', f'{gcs_dir}/back.safetensors'])
+    back, _, _ = files.read_checkpoint(f'{gcs_dir}/back.safetensors')
+    assert set(back) == {k for k in sd if not k.startswith('head.')
+                         and not k.endswith('relative_position_index')}
+    for key, value in back.items():
+        np.testing.assert_array_equal(value, sd[key], err_msg=key)
+    folder = gcs_dir.removeprefix(f'{gcs_bucket.uri}/')
+    stored = gcs_bucket.list_objects(folder)
+    assert f'{folder}/ours/model_config.json' in stored and f'{folder}/back.safetensors' in stored

@@ -1,5 +1,5 @@
-"""Checkpoint conversion between the reference PyTorch models (and HF BERT/RoBERTa/BEiT) and our
-flax params. See docs/convert.md.
+"""Checkpoint conversion between the reference PyTorch models (and released BEiT-2, HF
+BERT/RoBERTa/BEiT weights) and our flax params. See docs/convert.md.
 
     state_dict, config, hf_config = read_checkpoint('xfm_base.th')
     params, report = import_params(state_dict, target_params, 'xfm')

@@ -67,10 +67,11 @@ def _gist(error: Exception) -> str:
                 type(error).__name__)
 
 
-def _read_torch(path, data: bytes) -> Any:
+def _read_torch(path) -> Any:
     import torch
     try:
-        return torch.load(io.BytesIO(data), map_location='cpu', weights_only=True)
+        with path.open('rb') as f:  # a seekable file, local or remote: no copy in memory
+            return torch.load(f, map_location='cpu', weights_only=True)
     except pickle.UnpicklingError as e:
         if 'Unsupported global' not in str(e):  # a damaged pickle, not a refused object
             raise ValueError(f'{path} is not a readable PyTorch checkpoint ({_gist(e)}).') from e
@@ -101,7 +102,7 @@ def read_checkpoint(path: paths.PathLike) -> tuple[dict[str, np.ndarray], dict |
     if path.name.endswith('.safetensors'):
         state_dict, config = _read_safetensors(path, path.read_bytes())
     elif path.name.endswith(TORCH_SUFFIXES):
-        obj = _read_torch(path, path.read_bytes())
+        obj = _read_torch(path)
         if not isinstance(obj, Mapping):
             raise ValueError(f'{path} holds a {type(obj).__name__}, expected a state dict or '
                              "{'model': state_dict, 'config': ...}.")
