@@ -1,7 +1,9 @@
 """End-to-end: seqio mixtures -> batches that satisfy xfm_jax/streams.py; determinism, resume,
 host sharding, global arrays and bad-data accounting."""
 
+import collections
 import io
+import json
 
 import jax
 import numpy as np
@@ -81,6 +83,7 @@ def test_same_seed_same_batches_and_resume(data_dir):
     first = pipeline.make_streams(config, seed=3)
     run = _take(first, 1)
     saved = first.state()
+    assert len(json.dumps(saved)) < 1000  # positions, not records: stays small (checkpoint JSON)
     run += _take(first, 2)
     first.close()
     again = pipeline.make_streams(config, seed=3)
@@ -98,21 +101,52 @@ def test_same_seed_same_batches_and_resume(data_dir):
         pipeline.make_streams(config, seed=5, state=saved)
 
 
-def test_host_shards_are_disjoint_and_cover(data_dir):
+def _rows(ds, n):
+    return [tuple(ex['text_ids'].tolist()) for ex in ds.take(n).as_numpy_iterator()]
+
+
+def test_resume_on_several_hosts(data_dir):
+    """Two simulated hosts: each resumes from the saved state exactly, and their rows differ."""
+    config = _config('x2vlm', data_dir)
+    config.streams = {'image_text': config.streams.image_text}
+    runs, states = [], []
+    for host in range(2):
+        streams = pipeline.make_streams(config, seed=1, process_index=host, process_count=2)
+        run = _take(streams, 1)
+        states.append(streams.state())
+        runs.append(run + _take(streams, 2))
+        streams.close()
+    assert not np.array_equal(runs[0][0]['image_text']['image'],
+                              runs[1][0]['image_text']['image'])
+    for host in range(2):
+        resumed = pipeline.make_streams(config, seed=1, state=states[host], process_index=host,
+                                        process_count=2)
+        for expected in runs[host][1:]:
+            _assert_equal(expected, next(resumed))
+        resumed.close()
+
+
+def test_task_records_are_addressed_split_over_hosts_and_reshuffled(data_dir):
+    """Host h reads places h, h+P, ... of each epoch's permutation: the hosts' first epochs are
+    disjoint and together every record but size % P; position n is reached without reading
+    0..n-1 and equals reading up to it; the next epoch is another order."""
     config = _config('xfm', data_dir)
     tasks.register(config)
     task = seqio.get_mixture_or_task('xfm_synthetic_sentences_text')
-
-    def texts(shard):
-        ds = task.get_dataset(None, split='validation', shuffle=False, num_epochs=1,
-                              shard_info=shard)
-        return [tuple(ex['text_ids'].tolist()) + (ex['source'],)
-                for ex in ds.as_numpy_iterator()]
-
-    everything = texts(None)
-    shards = [texts(seqio.ShardInfo(i, 3)) for i in range(3)]
-    assert sum(len(s) for s in shards) == len(everything)
-    assert sorted(sum(shards, [])) == sorted(everything)
+    stored = [tuple(ex['text_ids'].tolist()) for ex in
+              task.get_dataset(None, split='validation', shuffle=False).as_numpy_iterator()]
+    readers = [pipeline._TaskReader(task, 'validation', seed=7, process_index=h,
+                                    process_count=3) for h in range(3)]
+    length = len(stored) // 3
+    assert readers[0].epoch_length == length
+    firsts = [_rows(r.dataset(0), length) for r in readers]
+    together = collections.Counter(sum(firsts, []))
+    assert sum(together.values()) == 3 * length
+    assert not together - collections.Counter(stored)  # a sub-multiset of the split
+    far = 2 * length + 5
+    reached = _rows(readers[1].dataset(far), 4)
+    assert reached == _rows(readers[1].dataset(0).skip(far), 4)
+    assert _rows(readers[1].dataset(length), length) != firsts[1]
 
 
 def test_global_arrays_on_devices(data_dir):
@@ -133,8 +167,26 @@ def _encoded(image: Image.Image, fmt: str) -> bytes:
     return buffer.getvalue()
 
 
-def test_bad_records_are_dropped_counted_and_logged(data_dir, monkeypatch, caplog):
-    """Corrupt / truncated bytes, empty captions: dropped and counted; grey and RGBA images used."""
+def _memory_records(records):
+    """tasks.Records over in-memory (key, image bytes, caption) triples, as a source would give."""
+    serialized = [tf.train.Example(features=tf.train.Features(feature={
+        'image': tf.train.Feature(bytes_list=tf.train.BytesList(value=[image])),
+        'image_key': tf.train.Feature(bytes_list=tf.train.BytesList(value=[key.encode()])),
+        'captions': tf.train.Feature(bytes_list=tf.train.BytesList(value=[caption.encode()])),
+    })).SerializeToString() for key, image, caption in records]
+    spec = {'image': tf.io.FixedLenFeature([], tf.string),
+            'image_key': tf.io.FixedLenFeature([], tf.string),
+            'captions': tf.io.FixedLenFeature([1], tf.string)}
+
+    def parse(s):
+        ex = tf.io.parse_single_example(s, spec)
+        return {**ex, 'objects': {'bbox': tf.zeros([0, 4]), 'phrase': tf.zeros([0], tf.string)}}
+    return tasks.Records(len(serialized), lambda index: [serialized[i] for i in index], parse)
+
+
+def test_bad_records_are_dropped_counted_once_and_logged(data_dir, monkeypatch, caplog):
+    """Corrupt / truncated bytes, empty captions: dropped and counted once each however many
+    epochs pass; grey and RGBA images used; build-time conversions reported apart from drops."""
     rgb = Image.new('RGB', (40, 30), (200, 30, 30))
     good = _encoded(rgb, 'JPEG')
     records = [
@@ -145,16 +197,9 @@ def test_bad_records_are_dropped_counted_and_logged(data_dir, monkeypatch, caplo
         ('grey', _encoded(rgb.convert('L'), 'PNG'), 'a grey picture'),
         ('alpha', _encoded(rgb.convert('RGBA'), 'PNG'), 'a picture with alpha'),
     ]
-
-    def fake_source(source, data_dir, split, shuffle_files, seed=None):
-        return tf.data.Dataset.from_tensor_slices({
-            'image': [r[1] for r in records], 'image_key': [r[0] for r in records],
-            'captions': [[r[2]] for r in records],
-            'objects': {'bbox': tf.zeros([len(records), 0, 4]),
-                        'phrase': tf.zeros([len(records), 0], tf.string)}})
-
-    monkeypatch.setattr(tasks, '_dataset_fn', fake_source)
-    monkeypatch.setattr(tasks, 'build_counts', lambda source, data_dir, split: {})
+    monkeypatch.setattr(tasks, 'source_records', lambda *args: _memory_records(records))
+    monkeypatch.setattr(tasks, 'build_counts', lambda source, data_dir, split: {
+        'dropped': {'missing_file': 2}, 'converted': {'alpha': 1}})
     monkeypatch.setitem(tasks.SOURCES, 'bad_source',
                         tasks.Source('xfm_jax.data.tasks', 'unused', 'image_text'))
     config = _config('x2vlm', data_dir)
@@ -162,12 +207,14 @@ def test_bad_records_are_dropped_counted_and_logged(data_dir, monkeypatch, caplo
                                          mixture=[('bad_source_image_text', 1.0)])}
     streams = pipeline.make_streams(config, seed=0)
     with caplog.at_level('WARNING'):
-        next(streams)  # 6 rows need 18 records with 3 good per pass of 6
-    counts = streams.bad_counts()['image_text']
+        for _ in range(3):  # 6 rows take two passes over the 3 good records: six epochs in all
+            next(streams)
+    dropped, converted = streams.bad_counts()['image_text'], streams.converted_counts()
+    state = streams.state()['streams']['image_text']
     streams.close()
-    # Each pass over the 6 records yields 3 usable rows and drops 2 undecodable + 1 empty, so
-    # every consumed record beyond the 6 used ones is accounted for under one of these reasons.
-    assert set(counts) == {'undecodable', 'empty_text'}
-    consumed = streams.state()['consumed']['image_text']
-    assert counts['undecodable'] + counts['empty_text'] == consumed - 6
+    # 18 good rows need six passes: five whole epochs, then the sixth's 3 good of 6 records.
+    assert 33 <= state['position'][0] <= 36
+    assert state['tasks'] == {'bad_source_image_text': state['position']}
+    assert dropped == {'undecodable': 2, 'empty_text': 1, 'missing_file': 2}
+    assert converted == {'image_text': {'alpha': 1}}
     assert 'empty_text' in caplog.text and 'bad_source_image_text:empty' in caplog.text

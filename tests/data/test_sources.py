@@ -45,6 +45,11 @@ def _needs(*names):
     return pytest.mark.skipif(bool(missing), reason=f'not installed: {missing} (docs/data.md)')
 
 
+def _read(builder, split):
+    """A split's records in stored order (the sources are ArrayRecord: tasks.Records)."""
+    return tfds.as_numpy(tasks.ordered(tasks.open_records(builder, split)))
+
+
 @pytest.fixture(scope='module')
 def real_dir(tmp_path_factory):
     """A TFDS dir for the installed sets, built lazily per source with the network forbidden."""
@@ -85,7 +90,7 @@ def test_easy_vqa_against_package_api(real_dir):
     builder = real_dir('easy_vqa')
     assert _split_sizes(builder) == {'train': 4000, 'validation': 1000}
     texts, answers, image_ids = package.get_train_questions()
-    records = {ex['image_key'].decode(): ex for ex in tfds.as_numpy(builder.as_dataset('train'))}
+    records = {ex['image_key'].decode(): ex for ex in _read(builder, 'train')}
     assert sum(len(ex['qa']['question']) for ex in records.values()) == len(texts) == 38575
     first = records['train-0']
     expected = [(q, a) for q, a, i in zip(texts, answers, image_ids) if i == 0]
@@ -106,10 +111,10 @@ def test_fashion_mnist_against_raw_idx(real_dir):
         first_pixels = np.frombuffer(f.read(28 * 28), np.uint8).reshape(28, 28)
     assert header == (2051, 60000, 28, 28)
     labels = []
-    for ex in tfds.as_numpy(builder.as_dataset('validation')):
+    for ex in _read(builder, 'validation'):
         labels.append(ex['label'])
     assert np.bincount(labels).tolist() == [1000] * 10  # the test set is balanced
-    first = next(ex for ex in tfds.as_numpy(builder.as_dataset('train'))
+    first = next(ex for ex in _read(builder, 'train')
                  if ex['image_key'] == b'train-0')
     # Training image 0 is an ankle boot (label 9).
     assert first['label'] == 9 and first['captions'][0] == b'a photo of an ankle boot'
@@ -121,8 +126,7 @@ def test_fashion_mnist_against_raw_idx(real_dir):
 def test_movie_reviews_labels(real_dir):
     builder = real_dir('movie_reviews')
     assert _split_sizes(builder) == {'train': 9545, 'validation': 1060}
-    rows = list(tfds.as_numpy(builder.as_dataset('train'))) + list(
-        tfds.as_numpy(builder.as_dataset('validation')))
+    rows = list(_read(builder, 'train')) + list(_read(builder, 'validation'))
     assert sum(int(r['label']) for r in rows) == 5242  # scores > 0 in the ground-truth file
     assert all(r['label'] == (r['score'] > 0) for r in rows)
     tepid = next(r for r in rows if r['text'] == b'Effective but too tepid biopic')  # id 3
@@ -134,8 +138,8 @@ def test_text_corpora_counts(real_dir):
     wordnet = real_dir('wordnet_glosses')
     # WordNet 3.0 synsets: 82,115 nouns + 13,767 verbs + 18,156 adjectives + 3,621 adverbs.
     assert sum(_split_sizes(wordnet).values()) == 117659
-    first = next(iter(tfds.as_numpy(wordnet.as_dataset('validation'))), None)
-    texts = {ex['text'] for ex in tfds.as_numpy(wordnet.as_dataset('validation'))}
+    first = next(iter(_read(wordnet, 'validation')), None)
+    texts = {ex['text'] for ex in _read(wordnet, 'validation')}
     assert first is not None and (b'entity: that which is perceived or known or inferred to have '
                                   b'its own distinct existence (living or nonliving)' in texts)
     fortunes = real_dir('fortunes')

@@ -35,7 +35,7 @@ def _direct(ctx, ds, ids):
         tokens, hidden = m.encode_image(images), m.encode_text(ids, mask)
         return tokens, m.image_embedding(tokens), hidden, m.text_embedding(hidden)
     return (params, *jax.jit(lambda p, *a: ctx.model.apply({'params': p}, *a, method=encode))(
-        params, ds.images, ids, mask), mask)
+        params, np.asarray(ds.images), ids, mask), mask)
 
 
 def _fusion(ctx, params, hidden, mask, tokens):

@@ -57,7 +57,7 @@ def test_video_retrieval_matches_independent_computation(ctx):
         match = jax.nn.softmax(m.itm_logits(fused), -1)[:, 1]
         return m.image_embedding(tokens), m.text_embedding(hidden), match
     video_emb, text_emb, match = jax.jit(lambda p, *a: ctx.model.apply(
-        {'params': p}, *a, method=direct))(params, ds.frames, ds.caption_ids, mask)
+        {'params': p}, *a, method=direct))(params, np.asarray(ds.frames), ds.caption_ids, mask)
     similarity = np.asarray(video_emb) @ np.asarray(text_emb).T  # [V, T]
     itm = np.asarray(match).reshape(12, 12)
     for k in (1, 5, 10):

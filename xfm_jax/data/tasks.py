@@ -26,12 +26,14 @@ import importlib
 import os
 from typing import Callable
 
+import numpy as np
 import seqio
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from xfm_jax import paths
 from xfm_jax.data import text_ops, vocab as vocab_lib
-from xfm_jax.data.builders import user as user_builder
+from xfm_jax.data.builders import schema, user as user_builder
 
 SKIP_REASONS = ('ok', 'empty_text', 'no_boxes')
 STREAMS = ('text', 'image', 'image_text', 'region', 'video')
@@ -115,30 +117,100 @@ def task_names(config=None) -> list[str]:
 
 
 def load_builder(source: Source, data_dir: str | None) -> tfds.core.DatasetBuilder:
-    """The source's builder, prepared (built) on first use; builders never touch the network."""
+    """The source's builder, prepared (built) on first use as ArrayRecord files (random access:
+    the pipeline reads records by index); builders never touch the network."""
     importlib.import_module(source.module)
-    builder = tfds.builder(source.builder, data_dir=data_dir, **dict(source.kwargs))
+    builder = tfds.builder(source.builder, data_dir=data_dir, file_format='array_record',
+                           **dict(source.kwargs))
     if not tf.io.gfile.exists(os.path.join(builder.data_dir, 'dataset_info.json')):
         builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
             try_download_gcs=False))
+    elif builder.info.file_format != tfds.core.FileFormat.ARRAY_RECORD:
+        raise ValueError(f'{builder.data_dir} holds {builder.info.file_format.value} files from '
+                         'an older xfm-jax; the pipeline reads ArrayRecord by index. Delete '
+                         'that folder to rebuild it.')
     return builder
 
 
-def build_counts(source: Source, data_dir: str | None, split: str) -> dict[str, int]:
-    """{reason: n} of the records the source's builder dropped (or converted) while building."""
-    metadata = load_builder(source, data_dir).info.metadata or {}
-    return dict(metadata.get('bad', {}).get(split, {}))
+def build_counts(source: Source, data_dir: str | None, split: str) -> dict[str, dict[str, int]]:
+    """{'dropped': {reason: n}, 'converted': {kind: n}}: the records the source's builder dropped,
+    and the kept images it converted, while building ``split``."""
+    counts = schema.accounting(load_builder(source, data_dir).info.metadata or {}, split)
+    return {'dropped': counts.get('bad', {}), 'converted': counts.get('converted', {})}
 
 
-def _dataset_fn(source: Source, data_dir: str | None, split: str, shuffle_files: bool,
-                seed: int | None = None) -> tf.data.Dataset:
-    builder = load_builder(source, data_dir)
-    skip = tfds.decode.SkipDecoding()  # images stay encoded: decoding is fused with the crop
+class Records:
+    """Random access to one split of a prepared source: ``read(indices)`` maps a dataset of int64
+    record indices to parsed records, in the order of the indices.
+
+    ``fetch(list of indices) -> list of serialized records`` (ArrayRecord reads, in C++ threads),
+    ``parse(serialized) -> record`` (TFDS's deserialisation, in the tf.data graph).
+    """
+
+    _FETCH_BLOCK = 64  # indices per Python call: the call's overhead is paid once per block
+
+    def __init__(self, size: int, fetch: Callable[[list], list], parse: Callable):
+        self.size, self.fetch, self.parse = size, fetch, parse
+
+    def read(self, indices: tf.data.Dataset) -> tf.data.Dataset:
+        def fetch(block):
+            return np.asarray(self.fetch(block.tolist()), dtype=object)
+
+        def fetch_tf(block):
+            serialized = tf.numpy_function(fetch, [block], tf.string, stateful=False)
+            return tf.ensure_shape(serialized, block.shape)
+
+        return (indices.batch(self._FETCH_BLOCK).map(fetch_tf).unbatch()
+                .map(self.parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True))
+
+
+def open_records(builder: tfds.core.DatasetBuilder, split: str, decoders=None) -> Records:
+    """Records of a prepared builder's split (``decoders`` as in ``builder.as_dataset``)."""
+    if split not in builder.info.splits:
+        raise ValueError(f'{builder.name} has no split {split!r}; it has '
+                         f'{sorted(builder.info.splits)}.')
+    serialized = builder.as_data_source(split).data_source  # raw bytes by index
+    features = builder.info.features
+    return Records(len(serialized), serialized.__getitems__,
+                   lambda s: features.deserialize_example(s, decoders=decoders))
+
+
+def ordered(records: Records, limit: int = 0) -> tf.data.Dataset:
+    """The first ``limit`` (0: all) records in stored order."""
+    return records.read(tf.data.Dataset.range(min(limit or records.size, records.size)))
+
+
+def source_records(source: Source, data_dir: str | None, split: str) -> Records:
+    """A source's records with images (frames) left encoded: decoding is fused with the crop."""
+    skip = tfds.decode.SkipDecoding()
     decoders = {'frames': skip} if source.schema == 'video' else (
         {'image': skip} if source.schema == 'image_text' else None)
-    read_config = tfds.ReadConfig(shuffle_seed=seed, interleave_cycle_length=1)
-    return builder.as_dataset(split=split, shuffle_files=shuffle_files, decoders=decoders,
-                              read_config=read_config)
+    return open_records(load_builder(source, data_dir), split, decoders)
+
+
+def with_pick_seed(records: tf.data.Dataset, seeds: tf.data.Dataset) -> tf.data.Dataset:
+    """Adds ``pick_seed`` int64 [2] to every record: the stateless seed that chooses which of an
+    image's (or clip's) captions the record yields (see ``_pairs``)."""
+    return tf.data.Dataset.zip(records, seeds).map(lambda ex, s: {**ex, 'pick_seed': s})
+
+
+class _RecordSource(seqio.FunctionDataSource):
+    """The seqio source of a task: ``get_dataset`` reads the split in stored order (seqio's own
+    readers and tests); ``records(split)`` is the random access the pipeline reads by index."""
+
+    def __init__(self, source: Source, data_dir: str | None):
+        self.xfm_source, self.data_dir = source, data_dir
+        super().__init__(self._stored_order, splits=('train', 'validation'))
+
+    def _stored_order(self, split: str, shuffle_files: bool, seed: int | None = None):
+        del shuffle_files, seed  # the pipeline shuffles by record index (pipeline.py)
+        records = self.records(split)
+        seeds = tf.data.Dataset.range(records.size).map(
+            lambda i: tf.stack([tf.constant(0, tf.int64), i]))
+        return with_pick_seed(ordered(records), seeds)
+
+    def records(self, split: str) -> Records:
+        return source_records(self.xfm_source, self.data_dir, split)
 
 
 # --- Preprocessors: canonical schema -> stream raw record ------------------------------------------
@@ -157,21 +229,24 @@ def _text_record(ex, *, tokenize):
             'skip': _skip_if(tf.strings.length(tf.strings.strip(text)) == 0, 'empty_text')}
 
 
+def _pick(texts: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+    """One of ``texts`` [C], drawn with the stateless ``seed``; '' when C = 0."""
+    count = tf.shape(texts)[0]
+    choice = tf.random.stateless_uniform([], seed, 0, tf.maximum(count, 1), tf.int32)
+    return tf.concat([texts, ['']], 0)[tf.minimum(choice, count)]
+
+
 def _pairs(ex, *, tokenize, clean, use_qa):
-    """One image with C captions -> C (image, caption) records."""
+    """One image with C captions -> one (image, caption) record: a caption drawn per visit, so
+    every visit of the image is one addressable record (the reference recipes draw the same)."""
     if use_qa:
         captions = tf.strings.join([ex['qa']['question'], ex['qa']['answer']], separator=' ')
     else:
         captions = ex['captions']
-    cleaned = clean(captions)
-    count = tf.shape(cleaned)[0]
-    return tf.data.Dataset.from_tensor_slices({
-        'image': tf.fill([count], ex['image']),
-        'image_id': tf.fill([count], _image_id(ex['image_key'])),
-        'key': tf.fill([count], ex['image_key']),
-        'text_ids': tokenize(cleaned),
-        'skip': tf.where(tf.strings.length(cleaned) == 0, SKIP_REASONS.index('empty_text'), 0),
-    })
+    caption = clean(_pick(captions, ex['pick_seed']))
+    return {'image': ex['image'], 'image_id': _image_id(ex['image_key']), 'key': ex['image_key'],
+            'text_ids': tokenize(caption),
+            'skip': _skip_if(tf.strings.length(caption) == 0, 'empty_text')}
 
 
 def _image_record(ex):
@@ -188,16 +263,11 @@ def _region_record(ex, *, tokenize, clean):
 
 
 def _video_pairs(ex, *, tokenize, clean):
-    cleaned = clean(ex['captions'])
-    count = tf.shape(cleaned)[0]
-    frames = ex['frames']
-    return tf.data.Dataset.from_tensor_slices({
-        'frames': tf.tile(frames[None], [count, 1]),
-        'video_id': tf.fill([count], _image_id(ex['video_key'])),
-        'key': tf.fill([count], ex['video_key']),
-        'text_ids': tokenize(cleaned),
-        'skip': tf.where(tf.strings.length(cleaned) == 0, SKIP_REASONS.index('empty_text'), 0),
-    })
+    """One clip with C captions -> one (clip, caption) record (as ``_pairs``)."""
+    caption = clean(_pick(ex['captions'], ex['pick_seed']))
+    return {'frames': ex['frames'], 'video_id': _image_id(ex['video_key']),
+            'key': ex['video_key'], 'text_ids': tokenize(caption),
+            'skip': _skip_if(tf.strings.length(caption) == 0, 'empty_text')}
 
 
 def _tag_source(ex, *, task):
@@ -207,10 +277,6 @@ def _tag_source(ex, *, task):
 
 def _map(fn: Callable) -> Callable:
     return lambda ds: ds.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
-
-
-def _flat_map(fn: Callable) -> Callable:
-    return lambda ds: ds.flat_map(fn)
 
 
 def output_features(stream: str) -> dict[str, seqio.Feature]:
@@ -269,14 +335,16 @@ def register(config) -> dict[str, str]:
     return mixtures
 
 
-def stream_build_counts(config, stream: str, split: str) -> dict[str, int]:
-    """{reason: n} summed over the builders feeding ``stream`` (each source counted once)."""
-    all_sources, counts = sources(config), collections.Counter()
+def stream_build_counts(config, stream: str, split: str) -> dict[str, dict[str, int]]:
+    """``build_counts`` summed over the builders feeding ``stream`` (each source counted once)."""
+    all_sources = sources(config)
+    counts = {'dropped': collections.Counter(), 'converted': collections.Counter()}
     names = {_split_task_name(task, all_sources)[0]
              for task, _ in config.streams[stream].mixture}
     for name in sorted(names):
-        counts.update(build_counts(all_sources[name], config.tfds_data_dir, split))
-    return dict(counts)
+        for kind, built in build_counts(all_sources[name], config.tfds_data_dir, split).items():
+            counts[kind].update(built)
+    return {kind: dict(counter) for kind, counter in counts.items()}
 
 
 def _split_task_name(task_name: str, known: dict) -> tuple[str, str]:
@@ -297,20 +365,17 @@ def _register_task(name, source, stream, vocab, specials, *, text_len, data_dir,
     preprocessors = {
         'text': [_map(functools.partial(_text_record, tokenize=tokenize))],
         'image': [_map(_image_record)],
-        'image_text': [_flat_map(functools.partial(_pairs, tokenize=tokenize, clean=clean,
-                                                   use_qa=use_qa))],
+        'image_text': [_map(functools.partial(_pairs, tokenize=tokenize, clean=clean,
+                                              use_qa=use_qa))],
         'region': [_map(functools.partial(_region_record, tokenize=tokenize, clean=clean))],
-        'video': [_flat_map(functools.partial(_video_pairs, tokenize=tokenize, clean=clean))],
+        'video': [_map(functools.partial(_video_pairs, tokenize=tokenize, clean=clean))],
     }[stream]
     preprocessors.append(_map(functools.partial(_tag_source, task=name)))
     seqio.TaskRegistry.remove(name)
-    seqio.TaskRegistry.add(
-        name,
-        source=seqio.FunctionDataSource(
-            functools.partial(_dataset_fn, source, data_dir), splits=('train', 'validation')),
-        preprocessors=preprocessors,
-        output_features=output_features(stream),
-        shuffle_buffer_size=1000)
+    # Preprocessors map one source record to one stream record (no filter, no flat_map), so a
+    # stream record is addressed by its source record's index (pipeline.py).
+    seqio.TaskRegistry.add(name, source=_RecordSource(source, data_dir),
+                           preprocessors=preprocessors, output_features=output_features(stream))
 
 
 def make_vocabulary(vocab_config) -> seqio.Vocabulary:
@@ -320,7 +385,7 @@ def make_vocabulary(vocab_config) -> seqio.Vocabulary:
         return vocab_lib.WordPieceVocabulary(vocab_config.path)
     if kind == 'synthetic':  # written from the synthetic grammar, laid out on the model's ids
         from xfm_jax.data.builders import synthetic
-        if not os.path.exists(vocab_config.path):
+        if not paths.resolve(vocab_config.path).exists():  # local or gs://
             vocab_lib.synthetic_vocab_file(
                 synthetic.WORDS, vocab_config.path, vocab_size=vocab_config.vocab_size,
                 pad_id=vocab_config.pad_id, cls_id=vocab_config.cls_id,

@@ -1,7 +1,10 @@
-"""Evaluation sets: a TFDS split read in order, without augmentation, into host numpy arrays.
+"""Evaluation sets: a TFDS split read in order, without augmentation: texts into host numpy
+arrays, images (and clips) as an :class:`ImageTable` that decodes the rows asked for from disk.
 
 Images are resized whole (bicubic) to the model's resolution and CLIP-normalised, as the papers
 evaluate; texts are cleaned and tokenised exactly as in training (``xfm_jax.data.text_ops``).
+No split is ever held whole: the host keeps the texts and what one batch of images needs, so an
+evaluator over every image (retrieval) keeps only their embeddings.
 Any source of ``xfm_jax.data.tasks.sources`` with the image-text schema works (synthetic scenes,
 Fashion-MNIST, easy-VQA, the user's own sets); :func:`load_video` reads the video schema
 (synthetic clips, the user's frame folders).
@@ -19,10 +22,55 @@ import tensorflow as tf
 from xfm_jax.data import image_ops, tasks, text_ops, vocab as vocab_lib
 
 
+class ImageTable:
+    """A split's images as if float32 [N, *item_shape] (CLIP-normalised), holding none of them:
+    ``table[index]`` (an int or int array, as numpy indexing) reads those records by index
+    (ArrayRecord random access) and decodes them, so memory follows the batch, not the split.
+
+    ``prepare(record, variant) -> float32 item_shape`` is the decoding; image i is record
+    ``rows[i]`` (default: record i) decoded as ``variants[i]`` (default 0; e.g. which side of an
+    image pair).
+    """
+
+    def __init__(self, records: tasks.Records, prepare, item_shape: tuple[int, ...],
+                 rows: np.ndarray | None = None, variants: np.ndarray | None = None):
+        self._records, self.item_shape = records, tuple(item_shape)
+        self._rows = np.arange(records.size) if rows is None else np.asarray(rows, np.int64)
+        self._variants = (np.zeros(len(self._rows), np.int32) if variants is None
+                          else np.asarray(variants, np.int32))
+        self.dtype = np.dtype(np.float32)
+        # Traced once; tf.map_fn decodes the batch's records in parallel.
+        self._decode = tf.function(lambda serialized, variants: tf.map_fn(
+            lambda pair: prepare(records.parse(pair[0]), pair[1]), (serialized, variants),
+            fn_output_signature=tf.TensorSpec(self.item_shape, tf.float32)),
+            input_signature=[tf.TensorSpec([None], tf.string), tf.TensorSpec([None], tf.int32)])
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self),) + self.item_shape
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        """Every image at once: only for sets known to be small (tests, galleries)."""
+        return self[np.arange(len(self))].astype(dtype or self.dtype)
+
+    def __getitem__(self, index) -> np.ndarray:
+        index = np.asarray(index)
+        flat = index.reshape(-1)
+        if not len(flat):
+            return np.zeros(index.shape + self.item_shape, np.float32)
+        serialized = self._records.fetch(self._rows[flat].tolist())
+        return self._decode(tf.constant(serialized, tf.string),
+                            tf.constant(self._variants[flat])).numpy().reshape(
+            index.shape + self.item_shape)
+
+
 @dataclasses.dataclass(frozen=True)
 class EvalSet:
     """One split of an image-text source. N images, T captions, R boxed phrases."""
-    images: np.ndarray  # float32 [N, S, S, 3], CLIP-normalised
+    images: ImageTable  # float32 [N, S, S, 3], CLIP-normalised, decoded when indexed
     caption_ids: np.ndarray  # int32 [T, L]
     caption_image: np.ndarray  # int32 [T]: index of the image each caption describes
     captions: tuple[str, ...]  # [T] cleaned caption strings
@@ -41,7 +89,7 @@ class EvalSet:
 @dataclasses.dataclass(frozen=True)
 class VideoSet:
     """One split of a video source. N clips of F frames, T captions."""
-    frames: np.ndarray  # float32 [N, F, S, S, 3], CLIP-normalised
+    frames: ImageTable  # float32 [N, F, S, S, 3], CLIP-normalised, decoded when indexed
     caption_ids: np.ndarray  # int32 [T, L]
     caption_video: np.ndarray  # int32 [T]: index of the clip each caption describes
     captions: tuple[str, ...]  # [T] cleaned caption strings
@@ -70,15 +118,19 @@ class Tokenizer:
 
 
 def ordered_split(builder, split: str, max_images: int, prepare, encoded: str = 'image'):
-    """The first ``max_images`` records (0: all) of a TFDS split, in stored order, with the bytes
-    of feature ``encoded`` ('image'; 'frames' for video) left encoded for ``prepare`` to decode
-    (parallel, deterministic)."""
+    """(records, dataset): the split's records with the bytes of feature ``encoded`` ('image';
+    'frames' for video) left encoded, and ``prepare`` mapped over its first ``max_images``
+    records (0: all) in stored order (parallel, deterministic)."""
     import tensorflow_datasets as tfds
-    ds = builder.as_dataset(split=split, shuffle_files=False,
-                            decoders={encoded: tfds.decode.SkipDecoding()})
-    if max_images:
-        ds = ds.take(max_images)
-    return ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    records = tasks.open_records(builder, split, {encoded: tfds.decode.SkipDecoding()})
+    return records, tasks.ordered(records, max_images).map(
+        prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def _image_shape(encoded: tf.Tensor) -> tf.Tensor:
+    """[height, width] of an encoded image, from the JPEG header when it is one."""
+    return tf.cond(tf.io.is_jpeg(encoded), lambda: tf.image.extract_jpeg_shape(encoded)[:2],
+                   lambda: tf.shape(image_ops.decode_rgb(encoded))[:2])
 
 
 def text_length(config, stream: str = 'image_text') -> int:
@@ -150,14 +202,11 @@ def _load(data_json: str, source_name: str, split: str, max_images: int, image_s
     max_words = data_config.caption_max_words
 
     def prepare(ex):
-        image = image_ops.decode_rgb(ex['image'])
-        height = tf.cast(tf.shape(image)[0], tf.float32)
-        width = tf.cast(tf.shape(image)[1], tf.float32)
+        height, width = tf.unstack(tf.cast(_image_shape(ex['image']), tf.float32))
         captions = text_ops.clean_caption(ex['captions'], max_words)
         phrases = text_ops.clean_caption(ex['objects']['phrase'], max_words)
         x, y, w, h = tf.unstack(tf.reshape(ex['objects']['bbox'], [-1, 4]), axis=-1)
         out = {
-            'image': image_ops.normalize(image_ops.resize(image, image_size)),
             'captions': captions,
             'caption_ids': text_ops.tokenize_wrapped(tokenizer.vocab, tokenizer.specials,
                                                      captions, length),
@@ -172,11 +221,12 @@ def _load(data_json: str, source_name: str, split: str, max_images: int, image_s
             out['label'] = tf.cast(ex['label'], tf.int32)
         return out
 
-    ds = ordered_split(builder, split, max_images, prepare)
-    images, caption_ids, caption_image, captions = [], [], [], []
+    records, ds = ordered_split(builder, split, max_images, prepare)
+    caption_ids, caption_image, captions = [], [], []
     phrase_ids, phrases, phrase_image, boxes, labels = [], [], [], [], []
+    num_images = 0
     for i, ex in enumerate(ds.as_numpy_iterator()):
-        images.append(ex['image'])
+        num_images += 1
         caption_ids.append(ex['caption_ids'])
         caption_image += [i] * len(ex['caption_ids'])
         captions += [c.decode() for c in ex['captions']]
@@ -186,10 +236,11 @@ def _load(data_json: str, source_name: str, split: str, max_images: int, image_s
         boxes.append(ex['boxes'])
         if has_label:
             labels.append(ex['label'])
-    if not images:
+    if not num_images:
         raise ValueError(f'{source.builder} split {split!r} is empty.')
     return EvalSet(
-        images=np.stack(images).astype(np.float32),
+        images=ImageTable(records, lambda ex, _: resized_image(ex['image'], image_size),
+                          (image_size, image_size, 3), rows=np.arange(num_images)),
         caption_ids=np.concatenate(caption_ids).astype(np.int32).reshape(-1, length),
         caption_image=np.asarray(caption_image, np.int32), captions=tuple(captions),
         phrase_ids=np.concatenate(phrase_ids).astype(np.int32).reshape(-1, length),
@@ -197,6 +248,11 @@ def _load(data_json: str, source_name: str, split: str, max_images: int, image_s
         phrase_image=np.asarray(phrase_image, np.int32),
         phrase_boxes=np.concatenate(boxes).astype(np.float32).reshape(-1, 4),
         labels=np.asarray(labels, np.int32) if has_label else None, label_names=label_names)
+
+
+def resized_image(encoded: tf.Tensor, image_size: int) -> tf.Tensor:
+    """Encoded bytes -> float32 [S, S, 3]: decoded, resized whole, CLIP-normalised."""
+    return image_ops.normalize(image_ops.resize(image_ops.decode_rgb(encoded), image_size))
 
 
 def frame_indices(total: tf.Tensor, num_frames: int) -> tf.Tensor:
@@ -228,26 +284,30 @@ def _load_video(data_json: str, source_name: str, split: str, max_videos: int, i
     tokenizer = Tokenizer(data_config.vocab, length)
     max_words = data_config.caption_max_words
 
-    def prepare(ex):
+    def clip(ex, _):
         picked = tf.gather(ex['frames'], frame_indices(tf.shape(ex['frames'])[0], num_frames))
-        frames = tf.map_fn(
-            lambda f: image_ops.normalize(image_ops.resize(image_ops.decode_rgb(f), image_size)),
-            picked, fn_output_signature=tf.TensorSpec([image_size, image_size, 3], tf.float32))
+        return tf.map_fn(lambda f: resized_image(f, image_size), picked,
+                         fn_output_signature=tf.TensorSpec([image_size, image_size, 3],
+                                                           tf.float32))
+
+    def prepare(ex):
         captions = text_ops.clean_caption(ex['captions'], max_words)
-        return {'frames': frames, 'captions': captions,
+        return {'captions': captions,
                 'caption_ids': text_ops.tokenize_wrapped(tokenizer.vocab, tokenizer.specials,
                                                          captions, length)}
 
-    frames, caption_ids, caption_video, captions = [], [], [], []
-    for i, ex in enumerate(ordered_split(builder, split, max_videos, prepare,
-                                         encoded='frames').as_numpy_iterator()):
-        frames.append(ex['frames'])
+    records, ds = ordered_split(builder, split, max_videos, prepare, encoded='frames')
+    caption_ids, caption_video, captions = [], [], []
+    num_videos = 0
+    for i, ex in enumerate(ds.as_numpy_iterator()):
+        num_videos += 1
         caption_ids.append(ex['caption_ids'])
         caption_video += [i] * len(ex['caption_ids'])
         captions += [c.decode() for c in ex['captions']]
-    if not frames:
+    if not num_videos:
         raise ValueError(f'{source.builder} split {split!r} is empty.')
     return VideoSet(
-        frames=np.stack(frames).astype(np.float32),
+        frames=ImageTable(records, clip, (num_frames, image_size, image_size, 3),
+                          rows=np.arange(num_videos)),
         caption_ids=np.concatenate(caption_ids).astype(np.int32).reshape(-1, length),
         caption_video=np.asarray(caption_video, np.int32), captions=tuple(captions))

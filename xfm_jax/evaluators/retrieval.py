@@ -100,11 +100,10 @@ def draw_gallery(path: str, ds: data.EvalSet, t2i_scores: np.ndarray, num_querie
                  top: int = 5) -> None:
     """PNG: one row per text query (``num_queries`` captions spread over the set): the caption,
     then its ``top`` images after re-ranking, the true image framed green, the others red."""
-    pixels = gallery.to_uint8(ds.images)
     rows = []
     for query in spread(len(ds.captions), num_queries):
         ranked = np.argsort(-t2i_scores[:, query], kind='stable')[:top]
         rows.append([gallery.Text(ds.captions[query])] + [
-            gallery.Thumb(pixels[image], 'green' if image == ds.caption_image[query] else 'red')
-            for image in ranked])
+            gallery.Thumb(pixels, 'green' if image == ds.caption_image[query] else 'red')
+            for image, pixels in zip(ranked, gallery.to_uint8(ds.images[ranked]))])
     gallery.draw(path, rows)

@@ -1,9 +1,10 @@
 """What every fine-tuning task shares: in-memory example sets, shuffled training batches, the
 image-set reader, classification losses, and scoring a classifier over an evaluation set.
 
-Fine-tuning sets are small enough to hold on the host as numpy arrays (images already resized
-to the model's resolution and CLIP-normalised, texts tokenised): one read, then every epoch is a
-new permutation. Images live once in ``Examples.images``; rows point at them by index.
+Texts are read once into host numpy arrays (tokenised); images stay on disk in an
+``evaluators.data.ImageTable`` that decodes (resize to the model's resolution, CLIP
+normalisation) only the rows of the batch being built, so host memory follows the batch size,
+not the split. Every epoch is a new permutation. Rows point at their image by index.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ IMAGE_REFERENCES = {'image_index': 'image', 'left_index': 'left_image',
 class Examples:
     """N rows of equally long arrays, plus a shared image table the rows index into."""
     rows: dict[str, np.ndarray]  # field -> [N, ...]
-    images: np.ndarray | None = None  # float32 [M, S, S, 3], CLIP-normalised
+    images: eval_data.ImageTable | None = None  # float32 [M, S, S, 3], decoded when indexed
     label_names: tuple[str, ...] = ()  # class names ([] for regression and retrieval)
     # Per-row strings for reports such as galleries (the question, the true answer); not batched.
     display: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)

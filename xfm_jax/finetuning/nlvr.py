@@ -102,41 +102,31 @@ def read(config, split: str, max_examples: int) -> common.Examples:
 
 def read_pairs(config, source, split: str, max_examples: int) -> common.Examples:
     """The first ``max_examples`` (0: all) statements of an image-pair source's split, in stored
-    order; an image shared by several statements (same key) is decoded and held once."""
+    order; an image shared by several statements (same key) is one row of the image table, read
+    from disk when a batch needs it (``evaluators.data.ImageTable``)."""
     import tensorflow as tf
     import tensorflow_datasets as tfds
 
-    from xfm_jax.data import image_ops, tasks
+    from xfm_jax.data import tasks
+    from xfm_jax.evaluators import data as eval_data
     builder = tasks.load_builder(source, config.data.tfds_data_dir)
-    if split not in builder.info.splits:
-        raise ValueError(f'{builder.name} has no split {split!r}; it has '
-                         f'{sorted(builder.info.splits)}.')
     size = config.model.vision.image_size
     sides = ('left', 'right')
-
-    def prepare(ex):
-        out = {'sentence': ex['sentence'], 'label': ex['label']}
-        for side in sides:
-            out[f'{side}_key'] = ex[f'{side}_key']
-            out[f'{side}_image'] = image_ops.normalize(
-                image_ops.resize(image_ops.decode_rgb(ex[f'{side}_image']), size))
-        return out
-
-    skip = tfds.decode.SkipDecoding()  # decoded by prepare, in parallel
-    ds = builder.as_dataset(split=split, shuffle_files=False,
-                            decoders={f'{side}_image': skip for side in sides})
-    if max_examples:
-        ds = ds.take(max_examples)
-    ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    images, image_index = [], {}
+    skip = tfds.decode.SkipDecoding()  # decoded by the image table, per batch
+    records = tasks.open_records(builder, split, {f'{side}_image': skip for side in sides})
+    texts = tasks.ordered(records, max_examples).map(
+        lambda ex: {'sentence': ex['sentence'], 'label': ex['label'],
+                    **{f'{side}_key': ex[f'{side}_key'] for side in sides}})
+    image_index, image_rows, image_sides = {}, [], []
     index = {side: [] for side in sides}
     statements, labels = [], []
-    for ex in ds.as_numpy_iterator():
-        for side in sides:
+    for record, ex in enumerate(texts.as_numpy_iterator()):
+        for number, side in enumerate(sides):
             key = ex[f'{side}_key'].decode('utf-8')
             if key not in image_index:
-                image_index[key] = len(images)
-                images.append(ex[f'{side}_image'])
+                image_index[key] = len(image_rows)
+                image_rows.append(record)
+                image_sides.append(number)
             index[side].append(image_index[key])
         statements.append(ex['sentence'].decode('utf-8'))
         labels.append(ex['label'])
@@ -148,7 +138,11 @@ def read_pairs(config, source, split: str, max_examples: int) -> common.Examples
         rows={'left_index': np.asarray(index['left'], np.int32),
               'right_index': np.asarray(index['right'], np.int32), 'input_ids': ids,
               'attention_mask': tokenizer.mask(ids), 'label': np.asarray(labels, np.int32)},
-        images=np.stack(images).astype(np.float32), label_names=LABELS)
+        images=eval_data.ImageTable(
+            records, lambda ex, side: eval_data.resized_image(
+                tf.where(side == 0, ex['left_image'], ex['right_image']), size),
+            (size, size, 3), rows=image_rows, variants=image_sides),
+        label_names=LABELS)
 
 
 def make_examples(config, split: str, max_examples: int) -> common.Examples:

@@ -104,7 +104,7 @@ def _read_tfds(config, split: str, text_field: str, label_field: str):
                          f'{sorted(builder.info.splits)}.')
     names = tuple(getattr(features[label_field], 'names', ()))
     texts, labels = [], []
-    for ex in builder.as_dataset(split=split, shuffle_files=False).as_numpy_iterator():
+    for ex in tasks.ordered(tasks.open_records(builder, split)).as_numpy_iterator():
         texts.append((ex[text_field].decode('utf-8'),))
         labels.append(ex[label_field])
     return texts, labels, names

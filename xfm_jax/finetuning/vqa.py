@@ -152,11 +152,11 @@ def draw_gallery(path: str, examples: common.Examples, probabilities: np.ndarray
     """One row per question (``num_questions`` spread over the set): the image, the question,
     the ``top`` answers with their probability (green: the true answer, red: wrong), the truth."""
     os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-    pixels = gallery.to_uint8(examples.images)
     rows = []
     for q in np.unique(np.linspace(0, len(examples) - 1, num_questions).astype(int)):
         truth = examples.display['answer'][q]
-        row = [gallery.Thumb(pixels[examples.rows['image_index'][q]]),
+        pixels = gallery.to_uint8(examples.images[examples.rows['image_index'][q]])
+        row = [gallery.Thumb(pixels),
                gallery.Text(examples.display['question'][q], width=30)]
         for rank, a in enumerate(np.argsort(-probabilities[q], kind='stable')[:top]):
             name = examples.label_names[a]
@@ -170,11 +170,11 @@ def draw_gallery(path: str, examples: common.Examples, probabilities: np.ndarray
 # ---- reading ----------------------------------------------------------------------------------
 
 def read_questions(config, split: str, max_images: int, *, human_answers: bool = False):
-    """(images float32 [M, S, S, 3], image index [Q], questions [Q], answers [Q]) of a split.
+    """(images: ImageTable [M, S, S, 3], image index [Q], questions [Q], answers [Q]) of a split.
 
     ``human_answers``: also return, 5th, every question's annotator answers (VQA v2: ten,
     cleaned like ``answers``), or None when the source stores only one answer per question."""
-    from xfm_jax.data import image_ops, tasks
+    from xfm_jax.data import tasks
     source_name = config.task.source
     all_sources = tasks.sources(config.data)
     if source_name not in all_sources or not all_sources[source_name].qa:
@@ -190,17 +190,17 @@ def read_questions(config, split: str, max_images: int, *, human_answers: bool =
     with_human = human_answers and 'answers' in builder.info.features['qa']
 
     def prepare(ex):
-        image = image_ops.normalize(image_ops.resize(image_ops.decode_rgb(ex['image']), size))
-        out = {'image': image, 'question': ex['qa']['question'], 'answer': ex['qa']['answer']}
+        out = {'question': ex['qa']['question'], 'answer': ex['qa']['answer']}
         if with_human:  # ragged [questions, answers] -> flat values + per-question counts
             out['human'] = ex['qa']['answers'].flat_values
             out['human_counts'] = ex['qa']['answers'].row_lengths()
         return out
 
-    ds = eval_data.ordered_split(builder, split, max_images, prepare)
-    images, image_index, questions, answers, humans = [], [], [], [], []
+    records, ds = eval_data.ordered_split(builder, split, max_images, prepare)
+    image_index, questions, answers, humans = [], [], [], []
+    num_images = 0
     for i, ex in enumerate(ds.as_numpy_iterator()):
-        images.append(ex['image'])
+        num_images += 1
         image_index += [i] * len(ex['question'])
         questions += [q.decode('utf-8') for q in ex['question']]
         answers += [a.decode('utf-8').strip().lower() for a in ex['answer']]
@@ -210,8 +210,10 @@ def read_questions(config, split: str, max_images: int, *, human_answers: bool =
                        for group in per_question]
     if not questions:
         raise ValueError(f'{builder.name} split {split!r} has no questions.')
-    out = (np.stack(images).astype(np.float32), np.asarray(image_index, np.int32), questions,
-           answers)
+    images = eval_data.ImageTable(
+        records, lambda ex, _: eval_data.resized_image(ex['image'], size), (size, size, 3),
+        rows=np.arange(num_images))
+    out = (images, np.asarray(image_index, np.int32), questions, answers)
     if human_answers:
         return out + (humans if with_human else None,)
     return out
