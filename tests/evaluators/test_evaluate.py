@@ -117,3 +117,22 @@ def test_random_init_is_the_training_initialisation(eval_config):
     _assert_same(params, expected, mesh)
     with pytest.raises(ValueError, match='either --checkpoint or --random_init'):
         evaluate.evaluate(config, '/tmp/unused', '/tmp/x', random_init=True)
+
+
+def test_export_reads_a_training_step_and_its_model(saved, tmp_path):
+    """`convert --export` of a training workdir: its newest step's params in reference names,
+    with the model config the step stores (no model flags given); importing the file back
+    gives the same params."""
+    import torch
+    from xfm_jax.convert import files, tree
+    from xfm_jax.convert.__main__ import main
+    workdir, params = saved
+    main(['--export', f'--input={workdir}', f'--output={tmp_path / "step7.pth"}'])
+    exported = torch.load(tmp_path / 'step7.pth', weights_only=True)
+    assert 'vision_encoder.blocks.0.attn.qkv.weight' in exported['model']
+    main([f'--input={tmp_path / "step7.pth"}', f'--output={tmp_path / "back"}'])
+    restored, _ = files.load_converted(str(tmp_path / 'back'))
+    got, want = tree.flatten(restored), tree.flatten(params)
+    assert got.keys() == want.keys()
+    for name, value in want.items():
+        np.testing.assert_array_equal(got[name], value, err_msg=name)

@@ -9,6 +9,8 @@ Both towers for train.init_from (vision from BEiT-2, language from an HF RoBERTa
       --text_input=roberta-base/pytorch_model.bin --output=OUT
 Export (back to the reference key names, {'model': state_dict, 'config': ...}):
   python -m xfm_jax.convert --export --input=OUT --output=xfm_base.pth
+  python -m xfm_jax.convert --export --input=gs://bucket/runs/xfm --output=xfm_step.pth
+      # a training workdir (newest step) or step directory: the model comes from the checkpoint
 """
 
 from __future__ import annotations
@@ -99,11 +101,18 @@ def _import(args) -> None:
 
 
 def _export(args) -> None:
-    params, saved = files.load_converted(args.input)
-    if saved['format'] == TOWERS:
+    """Any checkpoint ``checkpoint.locate`` accepts -> one reference file: a converted output, a
+    fine-tuned output, a training workdir (its newest step) or one step directory (the model
+    config comes from the checkpoint itself)."""
+    from xfm_jax import checkpoint  # Orbax and jax load only for an export
+    location = checkpoint.locate(args.input)
+    saved = dict(location.description or {})
+    if saved.get('format') == TOWERS:
         raise ValueError(f'{args.input}: a --text_input conversion (two towers) is for '
                          'train.init_from; export converts one checkpoint format, so convert '
                          'each tower alone.')
+    params, model, location = checkpoint.read_params_numpy(location)
+    saved.update(format=location.family, model=model)
     try:
         state_dict = weights.export_params(params, saved['format'])
     except ValueError as e:
