@@ -200,30 +200,32 @@ class Model:
     # ---- inputs ----
     def preprocess(self, images: Images) -> np.ndarray:
         """-> float32 [N, S, S, 3]: each image resized whole to the model's resolution (bicubic)
-        and CLIP-normalised, as the evaluators do (:func:`eval_transform`)."""
+        and CLIP-normalised, as the evaluators do (:func:`eval_transform`). A float32
+        [N, S, S, 3] array is taken as this method's output and returned as it is; another
+        [N, H, W, C] array as N images."""
+        size = self.image_size
         if isinstance(images, np.ndarray) and images.ndim == 4:
-            if images.shape[1:] != (self.image_size, self.image_size, 3):
-                raise ValueError(f'a batch of preprocessed images must be [N, {self.image_size}, '
-                                 f'{self.image_size}, 3], got {images.shape}.')
-            return images.astype(np.float32)
+            if images.dtype == np.float32 and images.shape[1:] == (size, size, 3):
+                return images
+            images = list(images)
         if isinstance(images, (str, os.PathLike, np.ndarray)) or hasattr(images, 'convert'):
             images = [images]
-        return np.stack([eval_transform(read_image(image), self.image_size)
-                         for image in images]).reshape(-1, self.image_size, self.image_size, 3)
+        if not len(images):
+            raise ValueError('no images given.')
+        return np.stack([eval_transform(read_image(image), size) for image in images])
 
     @functools.cached_property
-    def _tokenizer(self):
-        from xfm_jax.evaluators import data  # TensorFlow: only once texts are tokenised
-        return data.Tokenizer(self.vocab, self.text_len)
+    def _tokenizers(self) -> dict:
+        return {}
 
     def tokenize(self, texts: Texts, length: int | None = None) -> np.ndarray:
         """-> int32 [T, length] (default ``text_len``): cleaned and tokenised to
         ``cls tokens sep`` with the checkpoint's vocabulary, as the evaluators do."""
-        texts = [texts] if isinstance(texts, str) else list(texts)
-        if length is None or length == self.text_len:
-            return self._tokenizer(texts)
-        from xfm_jax.evaluators import data
-        return data.Tokenizer(self.vocab, length)(texts)
+        from xfm_jax.evaluators import data  # TensorFlow: only once texts are tokenised
+        length = length or self.text_len
+        if length not in self._tokenizers:
+            self._tokenizers[length] = data.Tokenizer(self.vocab, length)
+        return self._tokenizers[length]([texts] if isinstance(texts, str) else list(texts))
 
     def _mask(self, ids: np.ndarray) -> np.ndarray:
         return (ids != self.module.text.pad_id).astype(np.int32)
