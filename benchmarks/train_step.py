@@ -1,7 +1,7 @@
 r"""Benchmark of the jitted train step on synthetic batches (needs only jax, flax, optax,
 ml_collections: runs on accelerator machines without TensorFlow).
 
-    python benchmarks/train_step.py --config=configs/xfm_base.py:tiny
+    python benchmarks/train_step.py --config=configs/xfm_base.py:tiny --dtypes=float32,bfloat16
     python benchmarks/train_step.py --config=configs/xfm_base.py --config.model.dtype=bfloat16 \
         --batch_scale=0.25 --steps=10
 
@@ -49,6 +49,13 @@ def synthetic_streams(config, scale: float, names, seed: int = 0):
 def main(argv):
     del argv
     config = flags.FLAGS.config
+    for dtype in flags.FLAGS.dtypes or [config.model.dtype]:
+        config.model.dtype = dtype  # parameters stay in model.param_dtype
+        benchmark(config)
+
+
+def benchmark(config):
+    """Compiles and times the step of ``config``; prints the figures."""
     names = flags.FLAGS.streams or [s for s in ts.STREAM_ORDER if s in config.streams]
     mesh = partitioning.make_mesh(config.partitioning.mesh)
     rules = partitioning.get_rules(config.partitioning.rules)
@@ -123,5 +130,7 @@ if __name__ == '__main__':
                          'the planned memory, stop.')
     flags.DEFINE_float('batch_scale', 1.0, 'Multiplies every stream batch size of config.batch.')
     flags.DEFINE_list('streams', None, 'Subset of streams (default: config.streams).')
+    flags.DEFINE_list('dtypes', None, 'Compute dtypes to benchmark one after the other, e.g. '
+                      'float32,bfloat16 (default: config.model.dtype).')
     flags.mark_flag_as_required('config')
     app.run(main)

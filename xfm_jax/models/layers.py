@@ -69,7 +69,9 @@ class Dense(nn.Module):
                 'bias', nn.with_logical_partitioning(nn.initializers.zeros,
                                                      self.names[self.num_in:]),
                 self.features, self.param_dtype)
-            y = y + bias.astype(self.dtype)
+            # Added in the parameters' dtype: under bf16 compute the bias gradient (a sum over
+            # every row) is then taken in fp32.
+            y = (y + bias).astype(self.dtype)
         return y
 
 
@@ -78,6 +80,12 @@ def dense(features, names, *, dtype, param_dtype, use_bias=True, name=None, num_
     features = features if isinstance(features, tuple) else (features,)
     return Dense(features, tuple(names), num_in=num_in, use_bias=use_bias, dtype=dtype,
                  param_dtype=param_dtype, name=name)
+
+
+def keep_bias_dtype(inputs, kernel, bias, dtype=None):
+    """A flax ``promote_dtype`` that casts inputs and kernel to ``dtype`` and leaves the bias in
+    the parameters' dtype, so its gradient sums in fp32 under bf16 compute."""
+    return inputs.astype(dtype), kernel.astype(dtype), bias
 
 
 def layer_norm(eps, *, dtype, param_dtype, name=None):

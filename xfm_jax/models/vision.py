@@ -103,10 +103,11 @@ class VisionBlock(nn.Module):
         h = layers.MultiHeadAttention(
             cfg.num_heads, dtype=dtype, param_dtype=pdtype, key_bias=False, impl=cfg.attention_impl,
             name='attn')(h, bias=bias)
-        x = x + drop_path(gamma_1.astype(dtype) * h, drop_rate, self.deterministic, self)
+        # Layer scales multiply in fp32 (their gradients sum over batch and tokens).
+        x = x + drop_path((gamma_1 * h).astype(dtype), drop_rate, self.deterministic, self)
         h = layers.layer_norm(cfg.ln_eps, dtype=dtype, param_dtype=pdtype, name='norm2')(x)
         h = layers.Mlp(cfg.mlp_dim, dtype=dtype, param_dtype=pdtype, name='mlp')(h)
-        x = x + drop_path(gamma_2.astype(dtype) * h, drop_rate, self.deterministic, self)
+        x = x + drop_path((gamma_2 * h).astype(dtype), drop_rate, self.deterministic, self)
         return layers.constrain(x, 'batch', 'length', 'act_embed'), None
 
 
@@ -128,18 +129,19 @@ class VisionTransformer(nn.Module):
             kernel_init=nn.with_logical_partitioning(
                 layers.default_kernel_init, (None, None, None, 'embed')),
             bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ('embed',)),
-            name='patch_embed')(images.astype(dtype))
+            promote_dtype=layers.keep_bias_dtype, name='patch_embed')(images).astype(dtype)
         batch = x.shape[0]
         x = x.reshape(batch, -1, cfg.width)
         token_init = nn.with_logical_partitioning(layers.default_kernel_init, (None, None, 'embed'))
         if cfg.use_mask_token:
             mask_token = self.param('mask_token', token_init, (1, 1, cfg.width), pdtype)
             if mim_mask is not None:
-                x = jnp.where(mim_mask[..., None], mask_token.astype(dtype), x)
+                # Selected in the tokens' parameter dtype: their gradients sum over the batch.
+                x = jnp.where(mim_mask[..., None], mask_token, x).astype(dtype)
         elif mim_mask is not None:
             raise ValueError('mim_mask given but model.vision.use_mask_token is False.')
         cls_token = self.param('cls_token', token_init, (1, 1, cfg.width), pdtype)
-        x = jnp.concatenate([jnp.broadcast_to(cls_token.astype(dtype), (batch, 1, cfg.width)), x], 1)
+        x = jnp.concatenate([jnp.broadcast_to(cls_token, (batch, 1, cfg.width)).astype(dtype), x], 1)
         x = layers.constrain(x, 'batch', 'length', 'act_embed')
 
         drop_rates = jnp.linspace(0.0, cfg.drop_path_rate, cfg.depth)
