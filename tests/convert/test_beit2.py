@@ -8,7 +8,7 @@ import pytest
 import torch
 import transformers
 
-from configs import xfm_base
+from configs import x2vlm_base, xfm_base
 from xfm_jax.convert import detect_format, files, resize_relative_position_table, tree
 from xfm_jax.convert.__main__ import main
 from xfm_jax.models import model as vlm
@@ -150,3 +150,41 @@ def test_convert_reads_and_writes_gs_paths(gcs_bucket, gcs_dir):
     folder = gcs_dir.removeprefix(f'{gcs_bucket.uri}/')
     stored = gcs_bucket.list_objects(folder)
     assert f'{folder}/ours/model_config.json' in stored and f'{folder}/back.safetensors' in stored
+
+
+def test_x2vlm_start_copies_text_layers_into_the_fusion_layers(tmp_path):
+    """BEiT-2 (timm, no mask token) + an HF BERT file, the fusion layers' self-attention and FFN
+    from BERT layers 0-1 (X²-VLM base: 6-11): every name and shape is the tiny X²-VLM model's,
+    cross-attention left out (it stays fresh)."""
+    config = x2vlm_base.get_config('tiny').model
+    _save(tmp_path / 'beitv2_tiny.pth', _beit2_state_dict('timm', grid=4))
+    text = config.text
+    hf = transformers.BertConfig(
+        vocab_size=text.vocab_size, hidden_size=text.width, num_hidden_layers=text.depth,
+        num_attention_heads=text.num_heads, intermediate_size=text.mlp_dim,
+        max_position_embeddings=text.max_positions, type_vocab_size=text.type_vocab_size)
+    (tmp_path / 'bert').mkdir()
+    hf.to_json_file(str(tmp_path / 'bert' / 'config.json'))
+    bert = transformers.BertForMaskedLM(hf).state_dict()
+    torch.save(bert, tmp_path / 'bert' / 'pytorch_model.bin')
+
+    main(['--input', str(tmp_path / 'beitv2_tiny.pth'), '--output', str(tmp_path / 'init'),
+          '--text_input', str(tmp_path / 'bert' / 'pytorch_model.bin'),
+          '--fusion_from_text_layers=0-1'])
+    params, saved = files.load_converted(str(tmp_path / 'init'))
+    assert saved['towers']['fusion_encoder']['text_layers'] == '0-1'
+    converted = {p: np.shape(v) for p, v in tree.flatten(params).items()}
+    abstract = vlm.abstract_variables(vlm.build_model(config))['params']
+    wanted = {p: tuple(v.shape) for p, v in tree.flatten(abstract).items()
+              if p.startswith(('vision_encoder/', 'text_encoder/', 'fusion_encoder/'))
+              and '/cross_attention' not in p}
+    assert converted == wanted
+    fusion_query = params['fusion_encoder']['encoder']['layers_1']['attention']['query']['kernel']
+    np.testing.assert_array_equal(  # [D, H, hd] <- BERT layer 1's [H*hd, D]
+        fusion_query.reshape(text.width, -1),
+        bert['bert.encoder.layer.1.attention.self.query.weight'].numpy().T)
+
+    with pytest.raises(SystemExit, match='the text tower has no layer 2'):
+        main(['--input', str(tmp_path / 'beitv2_tiny.pth'), '--output', str(tmp_path / 'x'),
+              '--text_input', str(tmp_path / 'bert' / 'pytorch_model.bin'),
+              '--fusion_from_text_layers=1-2'])

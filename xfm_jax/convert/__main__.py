@@ -7,6 +7,7 @@ Import (writes OUT/params, an Orbax checkpoint of {'params': ...}, and OUT/model
 Both towers for train.init_from (vision from BEiT-2, language from an HF RoBERTa / BERT file):
   python -m xfm_jax.convert --input=beitv2_base_patch16_224_pt1k.pth --format=beit2
       --text_input=roberta-base/pytorch_model.bin --output=OUT
+  (X²-VLM also starts its fusion layers from BERT layers 6-11: add --fusion_from_text_layers=6-11)
 Export (back to the reference key names, {'model': state_dict, 'config': ...}):
   python -m xfm_jax.convert --export --input=OUT --output=xfm_base.pth
   python -m xfm_jax.convert --export --input=gs://bucket/runs/xfm --output=xfm_step.pth
@@ -16,10 +17,13 @@ Export (back to the reference key names, {'model': state_dict, 'config': ...}):
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 
+import numpy as np
+
 from xfm_jax import cli
-from xfm_jax.convert import files, formats, targets, weights
+from xfm_jax.convert import files, formats, targets, tree, weights
 
 TOWERS = 'towers'  # model_config.json format of a --text_input conversion
 _VISION_FORMATS = ('hf_beit', 'beit2')
@@ -75,7 +79,30 @@ def _convert_state_dict(state_dict, reference_config, hf_config, fmt, args, allo
     return fmt, params, model_config, reference_config, report
 
 
+def _fusion_from_text(text_params, layer_range: str, scanned: bool) -> dict:
+    """Fusion layers whose self-attention, FFN and norms copy a range of text layers, as X²-VLM's
+    reference starts pre-training (BERT-base layers 6-11 -> fusion layers 0-5). Their
+    cross-attention has no source: it stays out, and so keeps the model's fresh initialisation."""
+    match = re.fullmatch(r'(\d+)-(\d+)', layer_range)
+    if match is None:
+        raise ValueError(f'--fusion_from_text_layers={layer_range!r}: expected FIRST-LAST, e.g. '
+                         '6-11.')
+    flat = tree.unstack_layers(tree.flatten(text_params))
+    fusion = {}
+    for j, i in enumerate(range(int(match.group(1)), int(match.group(2)) + 1)):
+        prefix = f'encoder/layers_{i}/'
+        layer = {p[len(prefix):]: np.asarray(v) for p, v in flat.items() if p.startswith(prefix)}
+        if not layer:
+            raise ValueError(f'--fusion_from_text_layers={layer_range}: the text tower has no '
+                             f'layer {i}.')
+        fusion.update({f'encoder/layers_{j}/{p}': v for p, v in layer.items()})
+    return tree.unflatten(tree.stack_layers(fusion) if scanned else fusion)
+
+
 def _import(args) -> None:
+    if args.fusion_from_text_layers and not args.text_input:
+        raise ValueError('--fusion_from_text_layers copies layers of --text_input, which is not '
+                         'given.')
     allow_missing = [p for p in args.allow_missing.split(',') if p]
     fmt, params, model_config, reference_config, report = _convert(
         args.input, args.format, args, allow_missing)
@@ -94,6 +121,11 @@ def _import(args) -> None:
         saved = dict(format=TOWERS, towers=dict(
             vision_encoder=dict(format=fmt, model=model_config, file=str(args.input)),
             text_encoder=dict(format=text_fmt, model=text_model, file=str(args.text_input))))
+        if args.fusion_from_text_layers:
+            params['fusion_encoder'] = _fusion_from_text(
+                text_params, args.fusion_from_text_layers, args.scan_layers)
+            saved['towers']['fusion_encoder'] = dict(
+                text_layers=args.fusion_from_text_layers, file=str(args.text_input))
         print(text_report.summary(verbose=args.verbose))
     files.save_converted(args.output, params, saved)
     print(report.summary(verbose=args.verbose))
@@ -138,6 +170,9 @@ def main(argv=None) -> None:
                         'RoBERTa file for the language tower (writes both towers)')
     parser.add_argument('--text_format', choices=_TEXT_FORMATS,
                         help='format of --text_input (default: detected)')
+    parser.add_argument('--fusion_from_text_layers',
+                        help='with --text_input: FIRST-LAST text layers whose self-attention and '
+                             'FFN start the fusion layers (X²-VLM base: 6-11)')
     parser.add_argument('--scan_layers', action='store_true', help='store layers stacked (nn.scan)')
     parser.add_argument('--allow_missing', default='',
                         help='comma-separated regexes of our param paths that may be absent from '
