@@ -63,6 +63,19 @@ def non_finite(metrics: dict, params) -> list[str]:
     return bad + [f'param {name}' for name in checkpoint_lib.non_finite_params(params)]
 
 
+def data_quality_scalars(batches) -> dict[str, int]:
+    """TensorBoard scalars of the input's bad records, each counted once:
+    ``bad_data/<stream>`` (all drops), ``bad_data/<stream>/<reason>`` and
+    ``converted/<stream>/<kind>`` (images kept after a conversion)."""
+    out = {}
+    for stream, reasons in batches.bad_counts().items():
+        out[f'bad_data/{stream}'] = sum(reasons.values())
+        out.update({f'bad_data/{stream}/{reason}': n for reason, n in reasons.items()})
+    for stream, kinds in batches.converted_counts().items():
+        out.update({f'converted/{stream}/{kind}': n for kind, n in kinds.items()})
+    return out
+
+
 def train(config, workdir: str) -> dict:
     """Runs (or resumes) training in ``workdir`` (local or ``gs://``); returns the last step's
     metrics as floats."""
@@ -180,9 +193,8 @@ def _train(config, workdir, lock) -> dict:
                     step_flops * steps_per_second / jax.device_count())
                 if peak:
                     scalars['mfu'] = scalars['model_flops_per_second_per_device'] / peak
-                if 'data' in config:
-                    scalars.update({f'bad_data/{s}': sum(c.values())
-                                    for s, c in batches.bad_counts().items()})
+                if 'data' in config:  # each record once: dropped and converted apart
+                    scalars.update(data_quality_scalars(batches))
                 writer.write_scalars(done, scalars)
             if logging_step:
                 logging.info('step %d: loss %.4f', done, metrics['loss'])
@@ -208,7 +220,11 @@ def _train(config, workdir, lock) -> dict:
                   f'Metrics: {runner.results_path(workdir, int(state.step))}')
     writer.flush()
     if is_chief:
-        paths.write_json(workdir / METRICS_FILE, {'step': int(state.step), 'metrics': metrics})
+        summary = {'step': int(state.step), 'metrics': metrics}
+        if 'data' in config:
+            summary['data'] = {'dropped': batches.bad_counts(),
+                               'converted': batches.converted_counts()}
+        paths.write_json(workdir / METRICS_FILE, summary)
     print(f'Checkpoints: {checkpoints.directory}\nTensorBoard: tensorboard --logdir '
           f'{workdir / "tensorboard"}')
     return metrics

@@ -1,0 +1,162 @@
+"""The pod path on ``gs://``, against a real GCS emulator (tests/gcs.py): a tiny run trains to a
+bucket, is preempted by SIGTERM, resumes from the bucket bit for bit, is evaluated and
+fine-tuned from the bucket, and fine-tuned params go back to it. Every object is checked on the
+server, and nothing named ``gs:`` may appear on local disk."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from test_train import _config
+from xfm_jax import checkpoint, partitioning, train, train_step as ts
+from xfm_jax.models.model import build_model
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOTAL_STEPS = 5
+TIMEOUT_S = 1200  # a loaded 2-core machine compiles slowly
+CONFIG_FILE = '''
+from test_train import _config
+
+
+def get_config(total_steps):
+    return _config(int(total_steps))
+'''
+
+
+def _step_objects(bucket, prefix):
+    """Complete steps under ``prefix``checkpoints/: Orbax writes a commit marker on GCS last."""
+    return sorted({int(m[1]) for name in bucket.list_objects(f'{prefix}checkpoints/')
+                   if (m := re.fullmatch(rf'{prefix}checkpoints/(\d+)/commit_success.txt',
+                                         name))})
+
+
+def _no_local_gs_directories(*roots):
+    for root in roots:
+        for directory, names, _ in os.walk(root):
+            assert 'gs:' not in names, f'a local directory named gs: in {directory}'
+            names[:] = [n for n in names if n not in ('.venv', '.git', 'node_modules')]
+
+
+@pytest.fixture(scope='module')
+def gs_run(gcs_bucket, tmp_path_factory):
+    """A tiny run on gs://BUCKET/run: SIGTERM after its first checkpoint, then resumed to the
+    end, as two program runs; returns (workdir URI, object prefix, the two logs)."""
+    local = tmp_path_factory.mktemp('program')
+    (local / 'tiny_train.py').write_text(CONFIG_FILE)
+    prefix = 'program_run/'
+    workdir = f'{gcs_bucket.uri}/{prefix.rstrip("/")}'
+    env = dict(gcs_bucket.subprocess_env(), JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='3',
+               PYTHONPATH=os.path.dirname(os.path.abspath(__file__)))
+
+    def start(log_name):
+        with open(local / log_name, 'w') as log:
+            return subprocess.Popen(
+                [sys.executable, '-m', 'xfm_jax.train',
+                 f'--config={local / "tiny_train.py"}:{TOTAL_STEPS}', f'--workdir={workdir}',
+                 '--config.checkpoint.every_steps=1'],
+                cwd=local, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+    def finish(process, log_name):
+        code = process.wait(timeout=TIMEOUT_S)
+        log = (local / log_name).read_text()
+        assert code == 0, log[-4000:]
+        return log
+
+    first = start('first.txt')
+    deadline = time.monotonic() + TIMEOUT_S
+    while not _step_objects(gcs_bucket, prefix):
+        assert first.poll() is None, (local / 'first.txt').read_text()[-4000:]
+        assert time.monotonic() < deadline, 'no checkpoint written to the bucket'
+        time.sleep(0.1)
+    first.send_signal(signal.SIGTERM)
+    logs = [finish(first, 'first.txt')]
+    logs.append(finish(start('second.txt'), 'second.txt'))
+    _no_local_gs_directories(local, ROOT)
+    return workdir, prefix, logs
+
+
+def test_preempted_run_on_gcs_resumes_bitwise(gs_run, gcs_bucket, tmp_path):
+    workdir, prefix, (first, second) = gs_run
+    stopped = int(re.search(r'preempted: saved step (\d+)', first)[1])
+    assert stopped < TOTAL_STEPS and f'restoring step {stopped}' in second
+    objects = gcs_bucket.list_objects(prefix)
+    assert f'{prefix}metrics.json' in objects
+    assert f'{prefix}checkpoints/{TOTAL_STEPS}/run/metadata' in objects  # self-described
+    assert any(name.startswith(f'{prefix}tensorboard/events.out') for name in objects)
+    assert f'{prefix}LOCK' not in objects  # released by both runs
+
+    # The same steps uninterrupted on local disk, in process: the same parameters, bit for bit.
+    expected = train.train(_config(TOTAL_STEPS), str(tmp_path))
+    assert json.loads(gcs_bucket.read_object(f'{prefix}metrics.json'))['metrics'] == expected
+    config = _config(TOTAL_STEPS)
+    model = build_model(config.model)
+    tx, _ = ts.make_optimizer(config)
+    abstract = jax.eval_shape(lambda r: ts.create_train_state(model, tx, r), jax.random.key(0))
+    mesh = partitioning.make_mesh(dict(data=1, fsdp=1, tensor=1), devices=jax.devices()[:1])
+    shardings = partitioning.state_shardings(abstract, mesh, partitioning.get_rules('dp'))
+    states = []
+    for directory in (f'{workdir}/checkpoints', str(tmp_path / 'checkpoints')):
+        manager = checkpoint.Checkpoints(directory, config)
+        states.append(manager.restore_latest(abstract, shardings)[0])
+        manager.close()
+    for got, want in zip(jax.tree.leaves(states[0]), jax.tree.leaves(states[1])):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
+def test_evaluate_and_finetune_from_gcs(gs_run, gcs_bucket, tmp_path):
+    """evaluate --checkpoint=gs://.../run and finetune --init=gs://.../run, writing to the
+    bucket; the fine-tuned params then initialise a run again from the bucket."""
+    from configs.finetune import image_classification
+    from xfm_jax import evaluate, evaluators, finetune
+    from xfm_jax.data import tasks
+    from configs import xfm_base
+    workdir, prefix, _ = gs_run
+    data_dir = str(tmp_path / 'tfds')
+    tasks.load_builder(tasks.SOURCES['xfm_synthetic_scenes'], data_dir)
+
+    config = xfm_base.get_config('runlocal')
+    config.data.tfds_data_dir = data_dir
+    config.data.vocab.path = f'{data_dir}/vocab.txt'
+    config.evaluate = evaluators.evaluate_config('runlocal')
+    config.evaluate.update(evaluators='retrieval', batch_size=8)
+    config.evaluate.retrieval.max_images = 8
+    results = evaluate.evaluate(config, f'{gcs_bucket.uri}/eval', workdir,
+                                devices=jax.devices()[:1])
+    assert results['retrieval/num_images'] == 8
+    written = json.loads(gcs_bucket.read_object(f'eval/eval_step{TOTAL_STEPS}.json'))
+    assert written['metrics'] == results
+    assert written['checkpoint'] == f'{workdir}/checkpoints/{TOTAL_STEPS}/state'
+    objects = gcs_bucket.list_objects('eval/')
+    assert f'eval/retrieval_gallery_step{TOTAL_STEPS}.png' in objects
+    assert any(name.startswith('eval/tensorboard/events.out') for name in objects)
+
+    tune = image_classification.get_config('tiny')
+    tune.data.tfds_data_dir = data_dir
+    tune.data.vocab.path = f'{data_dir}/vocab.txt'
+    tune.task.update(max_train=8, max_eval=8)
+    tune.train.update(total_steps=2, batch_size=8, eval_batch_size=8, log_every=1)
+    out = finetune.finetune(tune, f'{gcs_bucket.uri}/finetuned', init=workdir)
+    assert out['init'] == f'{workdir}/checkpoints/{TOTAL_STEPS}/state'
+    objects = gcs_bucket.list_objects('finetuned/')
+    for name in ('finetuned/finetune.json', 'finetuned/model_config.json'):
+        assert name in objects
+    assert any(name.startswith('finetuned/params/') for name in objects)
+    location = checkpoint.locate(f'{gcs_bucket.uri}/finetuned')
+    assert location.kind == 'params' and location.description['task'] == 'image_classification'
+    # the fine-tuned backbone is readable from the bucket as a whole model
+    mesh = partitioning.make_mesh(dict(data=1, fsdp=1, tensor=1), devices=jax.devices()[:1])
+    abstract, shardings = partitioning.param_shardings(
+        build_model(tune.model), mesh, partitioning.get_rules('dp'))
+    params = checkpoint.restore_params(location, abstract, shardings)
+    np.testing.assert_array_equal(
+        np.asarray(params['vision_encoder']['patch_embed']['kernel']),
+        np.asarray(out['params']['model']['vision_encoder']['patch_embed']['kernel']))
+    _no_local_gs_directories(tmp_path, ROOT)
