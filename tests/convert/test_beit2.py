@@ -3,12 +3,16 @@
 ``fc_norm``) and in timm's (``fc_norm``, classification ``head``), at another resolution than
 the target; and both towers (BEiT-2 + an HF RoBERTa) as one init_from checkpoint."""
 
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
 import transformers
 
 from configs import x2vlm_base, xfm_base
+from xfm_jax import checkpoint
 from xfm_jax.convert import detect_format, files, resize_relative_position_table, tree
 from xfm_jax.convert.__main__ import main
 from xfm_jax.models import model as vlm
@@ -74,13 +78,15 @@ def test_unilm_pretraining_file_imports_and_resizes_to_the_target(tmp_path, caps
             model['use_mask_token']) == (WIDTH, DEPTH, HEADS, 32, True)
 
     np.testing.assert_array_equal(params['mask_token'], sd['mask_token'])
-    np.testing.assert_array_equal(params['fc_norm']['scale'], np.ones(WIDTH))  # fresh, as the reference
+    # fresh, as the reference leaves it
+    np.testing.assert_array_equal(params['fc_norm']['scale'], np.ones(WIDTH))
     for i in range(DEPTH):
         block, b = params['encoder'][f'blocks_{i}'], f'blocks.{i}.'
         qkv = sd[b + 'attn.qkv.weight']  # rows: q, k, v; each [H*hd, D]
         np.testing.assert_array_equal(block['attn']['key']['kernel'].reshape(WIDTH, WIDTH),
                                       qkv[WIDTH:2 * WIDTH].T)
-        np.testing.assert_array_equal(block['attn']['value']['bias'].reshape(-1), sd[b + 'attn.v_bias'])
+        np.testing.assert_array_equal(block['attn']['value']['bias'].reshape(-1),
+                                      sd[b + 'attn.v_bias'])
         table = sd['rel_pos_bias.relative_position_bias_table' if shared_table
                    else b + 'attn.relative_position_bias_table']
         assert block['relative_position_bias_table'].shape == (7 * 7 + 3, HEADS)
@@ -183,6 +189,15 @@ def test_x2vlm_start_copies_text_layers_into_the_fusion_layers(tmp_path):
     np.testing.assert_array_equal(  # [D, H, hd] <- BERT layer 1's [H*hd, D]
         fusion_query.reshape(text.width, -1),
         bert['bert.encoder.layer.1.attention.self.query.weight'].numpy().T)
+
+    # train.init_from loads exactly these by name; everything else stays as it was.
+    zeros = jax.tree.map(lambda leaf: jnp.zeros(leaf.shape, leaf.dtype), nn.unbox(abstract))
+    loaded_params, loaded, fresh = checkpoint.load_matching_params(str(tmp_path / 'init'), zeros)
+    assert set(loaded) == set(converted)
+    assert set(fresh) == set(tree.flatten(abstract)) - set(converted)
+    np.testing.assert_array_equal(
+        loaded_params['fusion_encoder']['encoder']['layers_1']['attention']['query']['kernel'],
+        fusion_query)
 
     with pytest.raises(SystemExit, match='the text tower has no layer 2'):
         main(['--input', str(tmp_path / 'beitv2_tiny.pth'), '--output', str(tmp_path / 'x'),
