@@ -51,7 +51,7 @@ def search(checkpoint_path: str, images: str, query: str, top: int = 8, rerank: 
     shown = order[:top]
     row = [gallery.Text(query, 'blue', width=24)] + [
         gallery.Thumb(api.read_image(files[i]).astype(np.uint8)) for i in shown]
-    labels = [gallery.Text('')] + [
+    labels = [gallery.Text('', width=24)] + [
         gallery.Text(f'{place}. itm {match[i]:.2f}\nitc {similarity[i]:.3f}\n'
                      f'{files[i].name}', width=16) for place, i in enumerate(shown, 1)]
     gallery.draw(out, [row, labels])
