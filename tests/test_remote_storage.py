@@ -151,12 +151,53 @@ def test_evaluate_and_finetune_from_gcs(gs_run, gcs_bucket, tmp_path):
     assert any(name.startswith('finetuned/params/') for name in objects)
     location = checkpoint.locate(f'{gcs_bucket.uri}/finetuned')
     assert location.kind == 'params' and location.description['task'] == 'image_classification'
-    # the fine-tuned backbone is readable from the bucket as a whole model
+    # the fine-tuned backbone is readable from the bucket as a whole model, built from the model
+    # the output describes (the pre-training run's: scanned layers, unlike the tiny preset)
+    model_config = checkpoint.adopt_stored_model(tune, location.description).model
+    assert model_config.scan_layers and not tune.model.scan_layers
     mesh = partitioning.make_mesh(dict(data=1, fsdp=1, tensor=1), devices=jax.devices()[:1])
     abstract, shardings = partitioning.param_shardings(
-        build_model(tune.model), mesh, partitioning.get_rules('dp'))
+        build_model(model_config), mesh, partitioning.get_rules('dp'))
     params = checkpoint.restore_params(location, abstract, shardings)
     np.testing.assert_array_equal(
         np.asarray(params['vision_encoder']['patch_embed']['kernel']),
         np.asarray(out['params']['model']['vision_encoder']['patch_embed']['kernel']))
+    _no_local_gs_directories(tmp_path, ROOT)
+
+
+def test_user_source_as_a_gcs_glob_of_reference_shards(gcs_bucket, gcs_dir, tmp_path):
+    """The reference repositories' own pre-training shards (JSON lines: a base64 'binary' image
+    and a list of captions in 'desc') as a gs:// glob: the build reads them from the bucket
+    line by line; the built records are read back by index."""
+    import base64
+    import io
+
+    import tensorflow_datasets as tfds
+    from PIL import Image
+
+    from xfm_jax import paths
+    from xfm_jax.data import tasks
+    from xfm_jax.data.builders import user
+    encoded = io.BytesIO()
+    Image.new('RGB', (40, 30), (200, 10, 10)).save(encoded, 'PNG')
+    b64 = base64.b64encode(encoded.getvalue()).decode()
+    for shard in range(2):
+        paths.resolve(f'{gcs_dir}/cc3m/part-{shard:05d}.jsonl').write_text('\n'.join(
+            json.dumps({'binary': b64, 'desc': [f'red {shard} {i}', f'crimson {shard} {i}']})
+            for i in range(3)) + '\n{"binary": "not base64!", "desc": "broken"}\n')
+    prefix = gcs_dir[len(gcs_bucket.uri) + 1:]
+    assert gcs_bucket.list_objects(f'{prefix}/cc3m/') == [
+        f'{prefix}/cc3m/part-00000.jsonl', f'{prefix}/cc3m/part-00001.jsonl']
+    builder = tfds.builder('xfm_user', data_dir=str(tmp_path / 'tfds'), file_format='array_record',
+                           config=user.UserConfig(name='cc3m', format='jsonl', preset='xvlm',
+                                                  path=f'{gcs_dir}/cc3m/part-*.jsonl'))
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+        try_download_gcs=False))
+    records = tasks.open_records(builder, 'train')
+    assert records.size == 6
+    kept = sorted(caption.decode() for i in range(6) for caption in
+                  builder.info.features.deserialize_example_np(
+                      records.fetch([i])[0])['captions'])
+    assert kept == sorted(f'{word} {s} {i}' for word in ('red', 'crimson') for s in range(2)
+                          for i in range(3))
     _no_local_gs_directories(tmp_path, ROOT)
