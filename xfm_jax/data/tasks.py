@@ -119,6 +119,12 @@ def task_names(config=None) -> list[str]:
 def load_builder(source: Source, data_dir: str | None) -> tfds.core.DatasetBuilder:
     """The source's builder, prepared (built) on first use as ArrayRecord files (random access:
     the pipeline reads records by index); builders never touch the network."""
+    if data_dir and paths.is_remote(data_dir):
+        raise ValueError(
+            f'data.tfds_data_dir={data_dir}: the pipeline reads ArrayRecord files by index, and '
+            'array_record opens local paths only; mount the bucket (e.g. gcsfuse '
+            '--implicit-dirs BUCKET /mnt/BUCKET) and pass the mounted path. Source files '
+            '(user_sources paths, globs) may stay on gs://.')
     importlib.import_module(source.module)
     builder = tfds.builder(source.builder, data_dir=data_dir, file_format='array_record',
                            **dict(source.kwargs))
