@@ -88,6 +88,7 @@ for run in "${runs[@]}"; do
   grep -E '^(batch|compile|memory|step|  [a-z_]+ |model FLOPs|achieved)' <<< "$out"
   if (( rc != 0 )); then
     why=$(grep -m1 -oE 'RESOURCE_EXHAUSTED|out of memory|[A-Za-z]+Error: .{0,100}' <<< "$out")
+    (( rc == 124 )) && why="stopped at the time budget (BUDGET_S)"
     summary+=("$name|failed (exit $rc): ${why:-see $LOG}")
     continue
   fi
