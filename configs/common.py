@@ -231,11 +231,7 @@ def run_config(family: str, model: ml_collections.ConfigDict, arg: str) -> ml_co
     if arg != 'tiny':
         preset = {'': 'synthetic', 'runlocal': 'synthetic_tiny', 'runlocal_real': 'real_tiny'}[arg]
         config.data = data_configs.data_config(preset, model)
-        for stream, spec in config.data.streams.items():
-            # Global batch sizes from config.batch; text and region shapes from the data.
-            spec.batch_size = config.batch[stream].batch_size
-            config.batch[stream].update({k: spec[k] for k in config.batch[stream] if k in spec})
-        config.objectives.mim.num_masked = config.data.mim.num_masked
+        link_stream_shapes(config)
     if arg in ('runlocal', 'runlocal_real'):
         # The synthetic captions name colours, sizes and every shape: keep the crops large and
         # the colours intact so that the augmented image still matches its text.
@@ -243,11 +239,36 @@ def run_config(family: str, model: ml_collections.ConfigDict, arg: str) -> ml_co
         config.data.randaugment.num_ops = 0
         # Bigger pair batches give ITC enough negatives to learn in a few CPU minutes.
         for stream, size in (('image_text', 32), ('region', 16)):
-            config.batch[stream].batch_size = config.data.streams[stream].batch_size = size
+            config.batch[stream].batch_size = size  # the data follows (link_stream_shapes)
         config.optimizer.update(learning_rate=1e-3, warmup_steps=50)
         config.train.update(total_steps=600, log_every=50)
         config.checkpoint.every_steps = 200
     return config
+
+
+STREAM_SHAPE_KEYS = ('batch_size', 'text_len', 'region_texts', 'frames')
+
+
+def link_stream_shapes(config: ml_collections.ConfigDict) -> None:
+    """Makes ``config.batch`` the one source of every stream's shape: the data config's copies
+    (``data.streams.<s>.{batch_size, text_len, region_texts, frames}``, ``data.image_size``,
+    ``data.patch_size``) and ``objectives.mim.num_masked`` become references to it, to the
+    model's vision sizes and to ``data.mim.num_masked``, so an override of any of them (on the
+    command line, or in code before the config is used) reaches the pipeline, the FLOPs / MFU
+    count, the AOT check and the synthetic batches alike. Global batch sizes come from
+    ``config.batch``; text lengths, region texts and frames from the data preset."""
+    for stream, spec in config.data.streams.items():
+        shape = config.batch[stream]
+        for key in STREAM_SHAPE_KEYS:
+            if key in spec and key in shape:
+                if key != 'batch_size':
+                    shape[key] = spec[key]
+                spec[key] = shape.get_ref(key)
+    if 'video' in config.batch and 'frames' in config.batch.video:
+        config.batch.video.frames = config.model.get_ref('video_frames')  # the frame embedding
+    config.data.image_size = config.model.vision.get_ref('image_size')
+    config.data.patch_size = config.model.vision.get_ref('patch_size')
+    config.objectives.mim.num_masked = config.data.mim.get_ref('num_masked')
 
 
 def objectives_config() -> ml_collections.ConfigDict:

@@ -1,0 +1,47 @@
+"""One source of truth for stream shapes: an override of ``config.batch.<stream>.<key>`` or of the
+model's image size reaches the input pipeline's batches and the FLOPs count alike."""
+
+import pytest
+
+from configs import x2vlm_base, xfm_base
+from xfm_jax import flops
+from xfm_jax.data import pipeline
+
+
+def _sizes(config):
+    """What xfm_jax.train hands the FLOPs count: the shapes in config.batch."""
+    return {s: dict(batch=config.batch[s].batch_size, text_len=config.batch[s].get('text_len', 1),
+                    region_texts=config.batch[s].get('region_texts', 1),
+                    frames=config.batch[s].get('frames', 1)) for s in config.streams}
+
+
+@pytest.mark.parametrize('key, value', [('batch_size', 16), ('text_len', 12)])
+def test_a_batch_override_reaches_data_and_flops(key, value):
+    config = xfm_base.get_config('runlocal')
+    before = flops.train_step_flops(config, _sizes(config))['image_text']
+    setattr(config.batch.image_text, key, value)
+    assert config.data.streams.image_text[key] == value
+    after = flops.train_step_flops(config, _sizes(config))['image_text']
+    assert after != before
+    config.batch.region.region_texts = 2
+    assert config.data.streams.region.region_texts == 2
+    video = x2vlm_base.get_config('runlocal')
+    video.model.video_frames = 3  # the frame embedding, the batches and the FLOPs together
+    assert video.batch.video.frames == video.data.streams.video.frames == 3
+
+
+def test_the_pipeline_yields_the_overridden_shapes(data_dir):
+    config = xfm_base.get_config('runlocal')
+    config.data.tfds_data_dir = data_dir
+    config.data.vocab.path = f'{data_dir}/vocab_shapes.txt'
+    config.batch.image_text.update(batch_size=4, text_len=12)
+    config.batch.region.update(batch_size=2, region_texts=2)
+    config.model.vision.image_size = 48  # the data is resized with the model
+    assert config.data.image_size == 48
+    streams = pipeline.make_streams(config.data, seed=0)
+    batch = next(streams)
+    streams.close()
+    assert batch['image_text']['image'].shape[:3] == (4, 48, 48)
+    assert batch['image_text']['input_ids'].shape == (4, 12)
+    assert batch['region']['box'].shape == (2, 2, 4)
+    assert batch['region']['patch_mask'].shape == (2, 2, (48 // 8) ** 2)
