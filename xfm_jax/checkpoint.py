@@ -89,7 +89,9 @@ def describe_run(config: ml_collections.ConfigDict) -> dict:
     return description
 
 
-def _vocab_cache() -> epath.Path:
+def vocab_cache_dir() -> epath.Path:
+    """Where vocabulary files read from checkpoints are written: ``XFM_CACHE_DIR/vocab``
+    (default ``~/.cache/xfm_jax/vocab``)."""
     root = os.environ.get('XFM_CACHE_DIR', os.path.join(os.path.expanduser('~'), '.cache',
                                                          'xfm_jax'))
     return paths.resolve(root) / 'vocab'
@@ -100,7 +102,7 @@ def materialize_vocab(description: dict) -> dict[str, str]:
     several checkpoints share them) and returns {data.vocab field: local path}."""
     out = {}
     for field, entry in description.get('vocab', {}).items():
-        path = _vocab_cache() / entry['sha256'][:16] / entry['name']
+        path = vocab_cache_dir() / entry['sha256'][:16] / entry['name']
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.parent / f'{entry["name"]}.tmp{os.getpid()}'
