@@ -229,6 +229,17 @@ def _restore_subtree(tree: epath.Path, item: str, target: dict) -> dict:
     return restored[item]
 
 
+def _restore_checked(location: Location, item: str, wanted: dict, shardings) -> dict:
+    """Item ``item`` of ``location`` restored as ``wanted`` (flat {name: abstract array}) onto
+    ``shardings`` (a tree), refused when it holds non-finite values."""
+    flat_shardings = flax.traverse_util.flatten_dict(shardings, sep='/')
+    restored = _restore_subtree(location.tree, item, {
+        k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=flat_shardings[k])
+        for k, v in wanted.items()})
+    check_finite(restored, os.fspath(location.tree))
+    return restored
+
+
 def restore_params(location: Location | paths.PathLike, abstract_params, shardings):
     """The ``params`` of ``location`` (a :class:`Location` or a path for :func:`locate`),
     placed on ``shardings``. Raises ValueError naming every parameter that is missing or has
@@ -244,12 +255,7 @@ def restore_params(location: Location | paths.PathLike, abstract_params, shardin
         raise ValueError(f'{location.tree} does not hold this model\'s params ({len(problems)} '
                          'problems; check --config matches the checkpoint):\n  '
                          + '\n  '.join(problems[:20]))
-    flat_shardings = flax.traverse_util.flatten_dict(shardings, sep='/')
-    params = _restore_subtree(location.tree, 'params', {
-        k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=flat_shardings[k])
-        for k, v in wanted.items()})
-    check_finite(params, os.fspath(location.tree))
-    return params
+    return _restore_checked(location, 'params', wanted, shardings)
 
 
 def restore_task_params(location: Location, task_name: str, abstract_task_params, shardings):
@@ -263,12 +269,7 @@ def restore_task_params(location: Location, task_name: str, abstract_task_params
     wanted = flax.traverse_util.flatten_dict(nn.unbox(abstract_task_params), sep='/')
     if stored != {k: tuple(v.shape) for k, v in wanted.items()}:
         return None
-    flat_shardings = flax.traverse_util.flatten_dict(shardings, sep='/')
-    task = _restore_subtree(location.tree, 'task', {
-        k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=flat_shardings[k])
-        for k, v in wanted.items()})
-    check_finite(task, os.fspath(location.tree))
-    return task
+    return _restore_checked(location, 'task', wanted, shardings)
 
 
 def read_params_numpy(path: Location | paths.PathLike) -> tuple[dict, dict, Location]:

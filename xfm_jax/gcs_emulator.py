@@ -60,6 +60,16 @@ DEFAULT_BUCKETS = ('xfm-rehearsal',)
 _STARTUP_TIMEOUT_S = 20.0
 
 
+def _stop(process: subprocess.Popen, timeout: float) -> None:
+    """SIGTERM, then SIGKILL if ``process`` has not ended within ``timeout`` seconds."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(('127.0.0.1', 0))
@@ -351,12 +361,7 @@ def _serve(buckets: Sequence[str], port: int) -> Iterator[Emulator]:
         (state_dir / 'env.tmp').rename(state_dir / 'env.json')
         yield emulator
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        _stop(server, timeout=10)
         proxy.stop()
         shutil.rmtree(state_dir, ignore_errors=True)
 
@@ -406,12 +411,7 @@ def running(buckets: Sequence[str] = DEFAULT_BUCKETS, port: int | None = None,
             time.sleep(0.05)
         yield Emulator(url=f'http://127.0.0.1:{port}', env=json.loads(env_json.read_text()))
     finally:
-        child.terminate()
-        try:
-            child.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait()
+        _stop(child, timeout=15)
         log.close()
 
 
