@@ -22,6 +22,11 @@ NAMES = ('retrieval', 'zero_shot_classification', 'linear_probe', 'mlp_probe', '
 VIDEO = ('video_retrieval',)  # need a model with a video path (model.video_frames > 0)
 
 
+class SourceLacks(ValueError):
+    """An evaluator's source has no field the evaluator needs (labels, boxes): the runner skips
+    that evaluator with a warning naming the source instead of failing the evaluation."""
+
+
 def get(name: str):
     """The ``evaluate`` function of the evaluator ``name``."""
     if name not in NAMES:

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from xfm_jax import evaluators
 from xfm_jax.evaluators import batching, data, metrics
 
 
@@ -49,7 +50,7 @@ def frozen_features(ctx: batching.EvalContext, settings, name: str):
                       settings.max_train_images)
     test = data.load(ctx.config, settings.source, settings.test_split, settings.max_test_images)
     if train.labels is None:
-        raise ValueError(f'{name}: source {settings.source!r} has no class labels '
+        raise evaluators.SourceLacks(f'{name}: source {settings.source!r} has no class labels '
                          f"('label' feature); set config.evaluate.{name}.source.")
     train_x, test_x = (ctx.map(batching.image_features(ctx.model), s.num_images,
                                batching.take({'image': s.images}),

@@ -19,10 +19,6 @@ from xfm_jax import evaluators, paths
 from xfm_jax.evaluators import batching
 
 
-class SourceLacks(ValueError):
-    """An evaluator's source has no field the evaluator needs (raised by the evaluator)."""
-
-
 def settings_of(config):
     """``config.evaluate``, or the defaults for the config's model."""
     if 'evaluate' in config:
@@ -57,7 +53,7 @@ def run_evaluators(config, params, mesh, rules, *, workdir: str | None = None, s
         start = time.perf_counter()
         try:
             metrics = evaluators.get(name)(ctx, settings[name])
-        except SourceLacks as e:
+        except evaluators.SourceLacks as e:
             logging.warning('evaluator %s skipped: %s', name, e)
             continue
         logging.info('%s: %.1f s', name, time.perf_counter() - start)

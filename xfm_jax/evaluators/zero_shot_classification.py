@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from xfm_jax import evaluators
 from xfm_jax.evaluators import batching, data, metrics
 
 
 def evaluate(ctx: batching.EvalContext, settings) -> dict[str, float]:
     ds = data.load(ctx.config, settings.source, settings.split, settings.max_images)
     if ds.labels is None:
-        raise ValueError(f'zero_shot_classification: source {settings.source!r} has no class '
+        raise evaluators.SourceLacks(f'zero_shot_classification: source {settings.source!r} has no class '
                          "labels ('label' feature); set config.evaluate."
                          'zero_shot_classification.source.')
     tokenizer = data.Tokenizer(ctx.config.data.vocab, data.text_length(ctx.config))
