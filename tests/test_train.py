@@ -103,6 +103,10 @@ def test_init_from_converted_checkpoint(tmp_path, caplog):
     assert f'{len(source) - len(kept)} parameters loaded' in caplog.text
     assert f'{len(kept)} parameters fresh' in caplog.text
     assert f'{reshaped} (stored (3, 5), model {source[reshaped].shape})' in caplog.text
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING
+                and 'init_from' in r.getMessage()]  # the counts, not only in INFO
+    assert any(f'{len(source) - len(kept)} of {len(source)} parameters loaded, 2 unmatched'
+               in w for w in warnings), warnings
 
 
 def test_init_from_train_checkpoint_onto_a_sharded_state(tmp_path):
