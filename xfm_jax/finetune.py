@@ -27,7 +27,6 @@ import functools
 import json
 import os
 import sys
-import time
 from typing import Any
 
 from absl import app, flags, logging
@@ -265,10 +264,13 @@ def finetune(config, workdir: str, init: str | None = None,
 
     # ---- loop ----------------------------------------------------------------------------------
     total, history, results = config.train.total_steps, [], {}
+    from clu import periodic_actions
+    progress = periodic_actions.ReportProgress(  # steps/s and ETA, logged and written
+        num_train_steps=total, writer=writer, every_steps=config.train.log_every, every_secs=None)
     with partitioning.sharding_context(mesh, rules):
-        start = time.perf_counter()
         for step in range(total):
             state, metrics = step_fn(state, batch, rng)
+            progress(step + 1)
             last = step + 1 == total
             if not last:
                 batch = next(batches)
@@ -279,10 +281,7 @@ def finetune(config, workdir: str, init: str | None = None,
                     raise FloatingPointError(f'Non-finite {bad} at fine-tuning step {step + 1}.')
                 writer.write_scalars(step + 1, {f'train/{k}': v for k, v in metrics.items()})
                 history.append({'step': step + 1, **metrics})
-                elapsed = time.perf_counter() - start  # includes the first step's compile
-                logging.info('step %d/%d: loss %.4f (%.1f s, %.2f steps/s, ETA %.0f s)', step + 1,
-                             total, metrics['loss'], elapsed, (step + 1) / elapsed,
-                             (total - step - 1) * elapsed / (step + 1))
+                logging.info('step %d/%d: loss %.4f', step + 1, total, metrics['loss'])
             if last or (config.train.eval_every and (step + 1) % config.train.eval_every == 0):
                 results = run_evaluation(step + 1)
     writer.flush()
