@@ -153,11 +153,15 @@ class Location:
     kind: str  # 'train' | 'params'
 
     @property
+    def model(self) -> dict | None:
+        """The stored model config (a run's ``config.model``, or a params output's ``model``)."""
+        d = self.description or {}
+        return d['config']['model'] if 'config' in d else d.get('model')
+
+    @property
     def family(self) -> str | None:
         d = self.description or {}
-        if 'config' in d:
-            return d['config']['model']['family']
-        return d.get('format')
+        return d['config']['model']['family'] if 'config' in d else d.get('format')
 
 
 def _step_description(step_dir: epath.Path) -> dict | None:
@@ -277,9 +281,7 @@ def read_params_numpy(path: Location | paths.PathLike) -> tuple[dict, dict, Loca
     :func:`locate` accepts, with no mesh: what an export needs. Raises ValueError when the
     checkpoint states no model config or holds non-finite values."""
     location = path if isinstance(path, Location) else locate(path)
-    description = location.description or {}
-    model = (description['config']['model'] if 'config' in description
-             else description.get('model'))
+    model = location.model
     if model is None:
         raise ValueError(f'{location.tree} states no model config (a training step written '
                          'before checkpoints described themselves).')
@@ -289,11 +291,7 @@ def read_params_numpy(path: Location | paths.PathLike) -> tuple[dict, dict, Loca
         item=target, partial_restore=True,
         restore_args=jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target)))
     params = restored['params']
-    if bad := sorted(k for k, v in flax.traverse_util.flatten_dict(params, sep='/').items()
-                     if not np.isfinite(v).all()):
-        raise ValueError(f'{location.tree} holds non-finite values (NaN/Inf) in {len(bad)} '
-                         f'parameter(s): {", ".join(bad[:10])}' + (' ...' if len(bad) > 10
-                                                                   else ''))
+    check_finite(params, os.fspath(location.tree))
     return params, model, location
 
 

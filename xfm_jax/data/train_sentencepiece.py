@@ -13,7 +13,7 @@ import os
 
 from absl import app, flags
 
-SPECIAL_IDS = dict(pad_id=0, bos_id=1, eos_id=2, unk_id=3)
+RESERVED_IDS = dict(pad_id=0, bos_id=1, eos_id=2, unk_id=3)
 MASK_PIECE = '<mask>'  # user-defined symbol: gets id 4, right after the control symbols
 
 _CORPUS = flags.DEFINE_multi_string('corpus', None, 'Text file(s), one sentence per line.')
@@ -37,7 +37,7 @@ def train(corpus: list[str], output: str, *, vocab_size: int = 8000, model_type:
         model_type=model_type, user_defined_symbols=[MASK_PIECE], hard_vocab_limit=False,
         normalization_rule_name='nmt_nfkc_cf' if lower_case else 'nmt_nfkc',
         pad_piece='<pad>', bos_piece='<s>', eos_piece='</s>', unk_piece='<unk>',
-        minloglevel=2, **SPECIAL_IDS)
+        minloglevel=2, **RESERVED_IDS)
     return output + '.model'
 
 

@@ -19,20 +19,14 @@ from xfm_jax import evaluators, paths
 from xfm_jax.evaluators import batching
 
 
-def settings_of(config):
-    """``config.evaluate``, or the defaults for the config's model."""
-    if 'evaluate' in config:
-        return config.evaluate
-    return evaluators.evaluate_config(video=bool(config.model.video_frames))
-
-
 def run_evaluators(config, params, mesh, rules, *, workdir: str | None = None, step: int = 0,
                    checkpoint: str = '') -> dict[str, float]:
     """Runs ``config.evaluate.evaluators`` on ``params`` (sharded on ``mesh``); returns
     ``{'<evaluator>/<metric>': value}``, written to ``workdir`` after every evaluator when
     given. Evaluators may write files (a gallery) to ``workdir``."""
     from xfm_jax.models.model import build_model
-    settings = settings_of(config)
+    settings = config.evaluate if 'evaluate' in config else evaluators.evaluate_config(
+        video=bool(config.model.video_frames))
     names = [n.strip() for n in settings.evaluators.split(',') if n.strip()]
     for name in names:
         evaluators.get(name)  # unknown names fail before anything runs
@@ -65,7 +59,7 @@ def run_evaluators(config, params, mesh, rules, *, workdir: str | None = None, s
                                  {'step': step, 'checkpoint': checkpoint, 'metrics': results})
             writer.write_scalars(step, {f'eval/{k}': v for k, v in metrics.items()})
             writer.flush()
-    if workdir and jax.process_index() == 0:  # also when every evaluator was skipped
+    if workdir and not results and jax.process_index() == 0:  # every evaluator was skipped
         paths.write_json(results_path(workdir, step),
                          {'step': step, 'checkpoint': checkpoint, 'metrics': results})
     return results
