@@ -158,6 +158,9 @@ def train_config(family: str) -> ml_collections.ConfigDict:
         grad_accum_steps=1,
         seed=42,
         log_every=50,
+        # Held-out evaluation (config.evaluate.during_training) every this many steps; 0: only
+        # at the end of the run (config.evaluate.evaluators, run at the end in any case).
+        eval_every=0,
         # A fresh run takes the parameters of this checkpoint (an output of xfm_jax.convert or a
         # step directory of a training run) that match by name and shape; '' for none.
         init_from='',

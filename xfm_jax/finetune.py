@@ -13,8 +13,9 @@ initialisation.
 
 Sections: mesh -> pre-trained location -> data -> task model / optimizer / sharded state ->
 restore -> update step -> loop with evaluations -> save. Outputs in ``--workdir``:
-``finetune.json`` (config, init, train history, final metrics), TensorBoard scalars ``train/*``
-and ``eval/*`` in ``tensorboard/``, the fine-tuned parameters (``params/`` + ``model_config.json``,
+``finetune.json`` (config, init, train history: each metric's mean over its logging window, final
+metrics), TensorBoard scalars ``train/<metric>`` and ``eval/<task>/<metric>`` in ``tensorboard/``
+(the tag names of ``xfm_jax.summaries``), the fine-tuned parameters (``params/`` + ``model_config.json``,
 the layout of a converted checkpoint: ``python -m xfm_jax.evaluate --checkpoint=WORKDIR`` and
 ``--init=WORKDIR`` read it; see :func:`save_params`), and a table with each metric's chance level
 on stdout.
@@ -39,7 +40,7 @@ import optax
 from ml_collections import config_flags
 
 from xfm_jax import checkpoint
-from xfm_jax import cli, compilation, finetuning, optim, partitioning, paths
+from xfm_jax import cli, compilation, finetuning, optim, partitioning, paths, summaries
 from xfm_jax.finetuning import common
 from xfm_jax.models.model import build_model
 from xfm_jax.train_step import TrainState, jit_train_step
@@ -258,7 +259,9 @@ def finetune(config, workdir: str, init: str | None = None,
         run = Run(config, task_model, state.params, mesh, rules, config.train.eval_batch_size,
                   workdir, step)
         results = {k: float(v) for k, v in task.evaluate(run, eval_set, train_set).items()}
-        writer.write_scalars(step, {f'eval/{k}': v for k, v in results.items()})
+        # eval/<task>/<metric>: the retrieval task's tags are the evaluator's (train, evaluate).
+        writer.write_scalars(step, summaries.prefixed(f'{summaries.EVAL}{settings.name}/',
+                                                      results))
         logging.info('step %d evaluation: %s', step, results)
         return results
 
@@ -267,19 +270,22 @@ def finetune(config, workdir: str, init: str | None = None,
     from clu import periodic_actions
     progress = periodic_actions.ReportProgress(  # steps/s and ETA, logged and written
         num_train_steps=total, writer=writer, every_steps=config.train.log_every, every_secs=None)
+    window = summaries.WindowAverage()  # each metric's mean over the logging window
     with partitioning.sharding_context(mesh, rules):
         for step in range(total):
             state, metrics = step_fn(state, batch, rng)
+            window.add(metrics)
             progress(step + 1)
             last = step + 1 == total
             if not last:
                 batch = next(batches)
             if (step + 1) % config.train.log_every == 0 or last:
-                metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                metrics = window.result()
+                window.reset()
                 bad = sorted(k for k, v in metrics.items() if not np.isfinite(v))
                 if bad:
                     raise FloatingPointError(f'Non-finite {bad} at fine-tuning step {step + 1}.')
-                writer.write_scalars(step + 1, {f'train/{k}': v for k, v in metrics.items()})
+                writer.write_scalars(step + 1, summaries.prefixed(summaries.TRAIN, metrics))
                 history.append({'step': step + 1, **metrics})
                 logging.info('step %d/%d: loss %.4f', step + 1, total, metrics['loss'])
             if last or (config.train.eval_every and (step + 1) % config.train.eval_every == 0):

@@ -23,7 +23,7 @@ import numpy as np
 from ml_collections import config_flags
 
 from xfm_jax import checkpoint as checkpoint_lib
-from xfm_jax import cli, compilation, distributed, flops, partitioning, paths, streams
+from xfm_jax import cli, compilation, distributed, flops, partitioning, paths, streams, summaries
 from xfm_jax import train_step as ts
 from xfm_jax.models.model import build_model
 
@@ -90,7 +90,26 @@ def train(config, workdir: str) -> dict:
         lock.release()
 
 
+def _during_training(config) -> str:
+    """The evaluators of the evaluations every ``train.eval_every`` steps (comma-separated);
+    checked before anything compiles."""
+    if not config.train.get('eval_every', 0):
+        return ''
+    if 'data' not in config:
+        raise ValueError(f'config.train.eval_every={config.train.eval_every} needs held-out data '
+                         '(config.data); this config trains on random batches.')
+    from xfm_jax import evaluators
+    names = evaluators.parse_names(config.evaluate.during_training)
+    for name in names:
+        if name not in evaluators.NAMES or name not in config.evaluate:
+            raise ValueError(f'config.evaluate.during_training names {name!r}, which is not an '
+                             f'evaluator with settings in config.evaluate; known: '
+                             f'{evaluators.NAMES}.')
+    return ','.join(names)
+
+
 def _train(config, workdir, lock) -> dict:
+    during_training = _during_training(config)
     # ---- mesh --------------------------------------------------------------------------------
     mesh = partitioning.make_mesh(config.partitioning.mesh)
     rules = partitioning.get_rules(config.partitioning.rules)
@@ -148,9 +167,10 @@ def _train(config, workdir, lock) -> dict:
     writer = metric_writers.create_default_writer(
         os.fspath(workdir / 'tensorboard'), just_logging=not is_chief)
     writer.write_hparams({k: v for k, v in config.train.items()})
-    hooks = [periodic_actions.ReportProgress(  # steps/s and ETA, logged and written
+    progress = periodic_actions.ReportProgress(  # steps/s and ETA, logged and written
         num_train_steps=config.train.total_steps, writer=writer, every_steps=config.train.log_every,
-        every_secs=None)]
+        every_secs=None)
+    hooks = [progress]
     if config.train.profile_steps and is_chief:
         hooks.append(periodic_actions.Profile(
             logdir=os.fspath(workdir), num_profile_steps=config.train.profile_steps,
@@ -163,11 +183,21 @@ def _train(config, workdir, lock) -> dict:
     peak = flops.peak_flops_for(jax.devices()[0].device_kind)  # None on CPU: no MFU
     logging.info('%.3g model FLOPs per step; device peak %s FLOP/s', step_flops, peak)
 
+    window = summaries.WindowAverage()  # each metric's mean over the logging window
+    itm_prior = summaries.itm_prior_scalars(config)
+
+    def evaluate(names: str | None = None) -> dict[str, float]:
+        from xfm_jax.evaluators import runner  # TF-based readers: real data only
+        return runner.run_evaluators(config, state.params, mesh, rules, workdir=workdir,
+                                     step=int(state.step), names=names, writer=writer,
+                                     checkpoint=os.fspath(checkpoints.directory))
+
     # ---- loop --------------------------------------------------------------------------------
     metrics = {}
     with partitioning.sharding_context(mesh, rules):
         for step in range(start_step, config.train.total_steps):
             state, metrics = step_fn(state, batch, rng)
+            window.add(metrics)
             done = step + 1
             for hook in hooks:
                 hook(done)
@@ -178,15 +208,15 @@ def _train(config, workdir, lock) -> dict:
             saving = preempted or checkpoints.due(done)
             logging_step = done % config.train.log_every == 0 or done == config.train.total_steps
             if saving or logging_step:  # a checkpoint must hold finite parameters
-                metrics = jax.device_get(metrics)
-                if bad := non_finite(metrics, state.params):
+                averages = window.result()  # a non-finite step anywhere in the window shows
+                if bad := non_finite(averages, state.params):
                     raise FloatingPointError(f'Non-finite {bad} at step {done}; the last good '
                                              f'checkpoint is kept in {checkpoints.directory}.')
             if logging_step and done > window_step:
                 now = time.perf_counter()
                 steps_per_second = (done - window_step) / (now - window_start)
                 window_start, window_step = now, done
-                scalars = dict(metrics)
+                scalars = summaries.prefixed(summaries.TRAIN, {**averages, **itm_prior})
                 scalars.update({f'examples_per_second/{s}': n * steps_per_second
                                 for s, n in batch_sizes.items()})
                 scalars['model_flops_per_second_per_device'] = (
@@ -197,23 +227,28 @@ def _train(config, workdir, lock) -> dict:
                     scalars.update(data_quality_scalars(batches))
                 writer.write_scalars(done, scalars)
             if logging_step:
-                logging.info('step %d: loss %.4f', done, metrics['loss'])
+                logging.info('step %d: loss %.4f (mean over the window)', done, averages['loss'])
+                window.reset()
                 lock.heartbeat()
             if saving:
                 checkpoints.save(done, state, data_position(), force=preempted)
             if preempted:
                 logging.warning('preempted: saved step %d, exiting', done)
                 break
+            if (during_training and done % config.train.eval_every == 0
+                    and done < config.train.total_steps):  # the last step runs every evaluator
+                started = time.perf_counter()
+                with progress.timed('eval'):
+                    evaluate(during_training)
+                window_start += time.perf_counter() - started  # rates exclude the evaluation
             if done < config.train.total_steps:
                 batch = next(batches)
         checkpoints.save(int(state.step), state, data_position(), force=True)
     checkpoints.wait()
     metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-    if 'data' in config:  # held-out evaluation of the final parameters (TF-based readers)
+    if 'data' in config:  # held-out evaluation of the final parameters
         from xfm_jax.evaluators import runner
-        results = runner.run_evaluators(config, state.params, mesh, rules, workdir=workdir,
-                                        step=int(state.step),
-                                        checkpoint=os.fspath(checkpoints.directory))
+        results = evaluate()
         if is_chief:
             print(f'Held-out evaluation at step {int(state.step)} (chance/ rows: chance level):\n'
                   f'{runner.format_table(results)}\n'
@@ -225,6 +260,8 @@ def _train(config, workdir, lock) -> dict:
             summary['data'] = {'dropped': batches.bad_counts(),
                                'converted': batches.converted_counts()}
         paths.write_json(workdir / METRICS_FILE, summary)
+        from xfm_jax import curves
+        print(f'Curves: {curves.draw(workdir)}')
     print(f'Checkpoints: {checkpoints.directory}\nTensorBoard: tensorboard --logdir '
           f'{workdir / "tensorboard"}')
     return metrics

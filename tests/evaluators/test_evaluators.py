@@ -10,7 +10,8 @@ import pytest
 
 from xfm_jax import partitioning
 from xfm_jax.data import image_ops
-from xfm_jax.evaluators import batching, data, grounding, linear_probe, metrics, retrieval
+from xfm_jax.evaluators import batching, data, gallery, grounding, linear_probe, metrics
+from xfm_jax.evaluators import retrieval
 from xfm_jax.evaluators import zero_shot_classification
 from xfm_jax.models.model import build_model
 
@@ -68,7 +69,48 @@ def test_retrieval_matches_direct_computation(ctx):
     assert out['chance/t2i_r1'] == pytest.approx(100 / 12)
     assert out['chance/i2t_r5'] == pytest.approx(100 * (1 - 19 * 18 / (24 * 23)))
     assert out['num_images'] == 12 and out['num_texts'] == 24
-    assert os.path.isfile(os.path.join(ctx.workdir, 'retrieval_gallery_step3.png'))
+    from PIL import Image
+    for name in ('retrieval_gallery', 'retrieval_gallery_i2t'):  # the PNG is what TensorBoard gets
+        with Image.open(os.path.join(ctx.workdir, f'{name}_step3.png')) as png:
+            np.testing.assert_array_equal(np.asarray(png.convert('RGB')), ctx.images[name])
+
+
+def _gallery_set(num_images: int, caption_image) -> data.EvalSet:
+    """An EvalSet of plain arrays: image i is filled with the value i / 10."""
+    images = np.arange(num_images, dtype=np.float32)[:, None, None, None] / 10 * np.ones(
+        (1, 4, 4, 3), np.float32)
+    caption_image = np.asarray(caption_image)
+    return data.EvalSet(images=images, caption_ids=np.zeros((len(caption_image), 2), np.int32),
+                        caption_image=caption_image,
+                        captions=tuple(f'caption {t}' for t in range(len(caption_image))),
+                        phrase_ids=np.zeros((0, 2), np.int32), phrases=(),
+                        phrase_image=np.zeros(0, np.int32),
+                        phrase_boxes=np.zeros((0, 4), np.float32), labels=None, label_names=())
+
+
+def test_retrieval_galleries_show_the_right_answer_and_its_rank():
+    # 8 images, caption t describes image t. Every query ranks the items by score = -index,
+    # so item 0 comes first: the true image of caption 6 is at rank 7 (outside the top 5),
+    # that of caption 2 at rank 3; image 7's caption at rank 8, image 1's at rank 2.
+    ds = _gallery_set(8, np.arange(8))
+    scores = -np.arange(8, dtype=np.float64)
+    t2i = np.tile(scores[:, None], (1, 8))  # [N, T]: text queries rank the images
+    i2t = np.tile(scores[None, :], (8, 1))  # image queries rank the texts
+    rows = retrieval.text_to_image_rows(ds, t2i, num_queries=8)
+    assert len(rows) == 8
+    row2, row6 = rows[2], rows[6]
+    assert row2[0] == gallery.Text('caption 2') and len(row2) == 1 + 5  # truth in the top 5
+    assert [cell.frame for cell in row2[1:]] == ['red', 'red', 'green', 'red', 'red']
+    assert len(row6) == 1 + 5 + 2 and all(cell.frame == 'red' for cell in row6[1:6])
+    assert row6[6] == gallery.Text('true image:\nrank 7', 'green', width=12)
+    assert row6[7].frame == 'green'
+    np.testing.assert_array_equal(row6[7].pixels, gallery.to_uint8(ds.images[6]))
+    rows = retrieval.image_to_text_rows(ds, i2t, num_queries=8)
+    assert [cell.colour for cell in rows[1][1:]] == ['red', 'green', 'red', 'red', 'red']
+    assert rows[1][2].text == '2. caption 1' and len(rows[1]) == 1 + 5
+    assert rows[7][-1] == gallery.Text('8. caption 7', 'green', width=24)
+    assert len(rows[7]) == 1 + 5 + 1
+    np.testing.assert_array_equal(rows[7][0].pixels, gallery.to_uint8(ds.images[7]))
 
 
 def test_zero_shot_classification_matches_direct_computation(ctx):
@@ -107,7 +149,8 @@ def test_grounding_gallery_draws_true_and_predicted_boxes(tmp_path):
     true = np.tile([0.5, 0.5, 0.5, 0.5], (5, 1))  # pixels 32..96 of a 128-pixel image
     predicted = np.tile([0.25, 0.25, 0.25, 0.25], (5, 1))  # pixels 16..48
     path = str(tmp_path / 'gallery.png')
-    grounding.draw_gallery(path, images, ['a small red circle'] * 5, true, predicted, 0.5)
+    gallery.draw(path, grounding.gallery_rows(images, ['a small red circle'] * 5, true,
+                                              predicted, 0.5), size=grounding.GALLERY_SIZE)
     with Image.open(path) as png:
         assert png.size == (128 + 4 + 40 * 6 + 4, 5 * (128 + 4))
         pixels = np.asarray(png.convert('RGB')).astype(int)

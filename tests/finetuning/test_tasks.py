@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from xfm_jax import finetune
+from xfm_jax import curves, finetune
 
 
 def _losses(out):
@@ -33,7 +33,11 @@ def test_classification_tasks_learn(name, tiny_config, tmp_path):
     with open(tmp_path / finetune.RESULTS) as f:
         written = json.load(f)
     assert written['eval'] == out['eval'] and written['task'] == tiny_config(name).task.name
-    assert os.listdir(tmp_path / 'tensorboard')
+    # The tag names of train and evaluate (xfm_jax.summaries).
+    scalars = curves.read_scalars(tmp_path / 'tensorboard')
+    assert scalars['train/loss'] == pytest.approx({h['step']: h['loss'] for h in out['train']})
+    assert scalars[f'eval/{written["task"]}/accuracy'] == pytest.approx(
+        {40: out['eval']['accuracy']})
 
 
 @pytest.mark.slow

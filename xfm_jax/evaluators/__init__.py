@@ -35,6 +35,11 @@ def get(name: str):
     return importlib.import_module(f'{__name__}.{name}').evaluate
 
 
+def parse_names(names: str) -> list[str]:
+    """'a, b,' -> ['a', 'b'] (the comma-separated evaluator lists of ``config.evaluate``)."""
+    return [n.strip() for n in names.split(',') if n.strip()]
+
+
 def evaluate_config(arg: str = '', video: bool = False) -> ml_collections.ConfigDict:
     """``config.evaluate``: which evaluators run and their settings.
 
@@ -42,9 +47,10 @@ def evaluate_config(arg: str = '', video: bool = False) -> ml_collections.Config
     the re-ranking depth. ``video``: the model has a video path, so the video evaluators run by
     default. ``source: ''`` means the first source of the run's
     ``data.streams.image_text.mixture`` (video: ``data.streams.video.mixture``);
-    ``max_images: 0`` means the whole split.
+    ``max_images: 0`` means the whole split. ``during_training``: the evaluators a training run
+    runs every ``train.eval_every`` steps (the end of the run runs ``evaluators``).
     """
-    tiny = arg in ('tiny', 'runlocal', 'runlocal_real')
+    tiny = arg in ('tiny', 'mini', 'runlocal', 'runlocal_real')
     split = dict(source='', split='validation', max_images=0)
     probe = dict(source='', train_split='train', test_split='validation',
                  max_train_images=400 if tiny else 5000, max_test_images=0,
@@ -52,6 +58,7 @@ def evaluate_config(arg: str = '', video: bool = False) -> ml_collections.Config
     return ml_collections.ConfigDict(dict(
         # comma-separated: one command-line override
         evaluators=','.join(n for n in NAMES if video or n not in VIDEO),
+        during_training='retrieval' + (',video_retrieval' if video else ''),  # the cheap ones
         batch_size=16 if tiny else 256,  # global; rounded up to a multiple of the batch shards
         retrieval=dict(**split, k=4 if tiny else 16, gallery_queries=8),
         zero_shot_classification=dict(**split, prompt='a picture of a {}'),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -146,7 +147,18 @@ class EvalContext:
     batch_size: int
     workdir: str | None = None  # where evaluators may write files (e.g. a gallery); None: none
     step: int = 0
+    # Galleries drawn so far, {name: uint8 [H, W, 3]}: the runner writes them to TensorBoard.
+    images: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
     def map(self, fn: Callable, num_rows: int, rows: Rows, name: str) -> Any:
         return map_batches(fn, self.params, num_rows, rows, batch_size=self.batch_size,
                            mesh=self.mesh, rules=self.rules, name=name)
+
+    def gallery(self, name: str, rows: list, **draw_args) -> None:
+        """Draws ``rows`` (``gallery.draw``) to ``WORKDIR/{name}_step{step}.png`` and keeps the
+        pixels in ``images[name]``; nothing without a workdir."""
+        if self.workdir:
+            from xfm_jax.evaluators import gallery
+            self.images[name] = gallery.draw(os.path.join(self.workdir,
+                                                          f'{name}_step{self.step}.png'),
+                                             rows, **draw_args)

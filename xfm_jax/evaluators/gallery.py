@@ -45,8 +45,10 @@ def _width(cell, size: int) -> int:
     return size if isinstance(cell, Thumb) else cell.width * CHAR_WIDTH
 
 
-def draw(path: str, rows: list[list[Thumb | Text]], size: int = 96, pad: int = 4) -> None:
-    """Writes the grid of ``rows`` to ``path`` (PNG); every row is ``size`` pixels high."""
+def draw(path: str, rows: list[list[Thumb | Text]], size: int = 96,
+         pad: int = 4) -> np.ndarray:
+    """Writes the grid of ``rows`` to ``path`` (PNG); every row is ``size`` pixels high.
+    Returns the grid's pixels, uint8 [H, W, 3] (for TensorBoard)."""
     from PIL import Image, ImageDraw
     columns = max(map(len, rows), default=0)
     widths = [max((_width(row[c], size) for row in rows if c < len(row)), default=0)
@@ -75,3 +77,4 @@ def draw(path: str, rows: list[list[Thumb | Text]], size: int = 96, pad: int = 4
     target.parent.mkdir(parents=True, exist_ok=True)
     with target.open('wb') as f:
         canvas.save(f, format='PNG')
+    return np.asarray(canvas)

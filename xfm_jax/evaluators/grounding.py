@@ -4,15 +4,13 @@ with the phrase's box reaches the threshold.
 
 Settings (``config.evaluate.grounding``): ``source`` (needs boxed phrases), ``split``,
 ``max_images``, ``iou_threshold`` (0.5 as the papers), ``gallery_phrases`` (phrases drawn
-into ``grounding_gallery_step{step}.png`` in the workdir; 0: none).
+into ``grounding_gallery_step{step}.png`` in the workdir and to TensorBoard; 0: none).
 Metrics: ``accuracy`` (percent), ``mean_iou``, ``num_phrases``, and ``whole_image_baseline``:
 the accuracy of always answering the whole image (0.5, 0.5, 1, 1). ``nonfinite`` (and no
 accuracy) when the predicted boxes hold NaN or inf.
 """
 
 from __future__ import annotations
-
-import os
 
 import numpy as np
 
@@ -39,11 +37,12 @@ def evaluate(ctx: batching.EvalContext, settings) -> dict[str, float]:
     if broken:
         return {**broken, 'num_phrases': float(len(ds.phrase_ids))}
     iou = metrics.box_iou(boxes, ds.phrase_boxes)
-    if settings.gallery_phrases and ctx.workdir:
+    if settings.gallery_phrases:
         shown = spread(len(ds.phrases), settings.gallery_phrases)
-        draw_gallery(os.path.join(ctx.workdir, f'grounding_gallery_step{ctx.step}.png'),
-                     ds.images[ds.phrase_image[shown]], [ds.phrases[i] for i in shown],
-                     ds.phrase_boxes[shown], boxes[shown], settings.iou_threshold)
+        ctx.gallery('grounding_gallery',
+                    gallery_rows(ds.images[ds.phrase_image[shown]], [ds.phrases[i] for i in shown],
+                                 ds.phrase_boxes[shown], boxes[shown], settings.iou_threshold),
+                    size=GALLERY_SIZE)
     whole = np.broadcast_to(np.array([0.5, 0.5, 1.0, 1.0]), ds.phrase_boxes.shape)
     return {
         'accuracy': metrics.iou_accuracy(boxes, ds.phrase_boxes, settings.iou_threshold),
@@ -54,9 +53,13 @@ def evaluate(ctx: batching.EvalContext, settings) -> dict[str, float]:
     }
 
 
-def draw_gallery(path: str, images: np.ndarray, phrases: list[str], true_boxes: np.ndarray,
-                 predicted_boxes: np.ndarray, threshold: float, size: int = 128) -> None:
-    """PNG (``gallery.draw``): one row per phrase: its image scaled to ``size`` pixels with the
+GALLERY_SIZE = 128  # pixels per gallery row
+
+
+def gallery_rows(images: np.ndarray, phrases: list[str], true_boxes: np.ndarray,
+                 predicted_boxes: np.ndarray, threshold: float,
+                 size: int = GALLERY_SIZE) -> list[list]:
+    """Rows for ``gallery.draw``: one per phrase: its image scaled to ``size`` pixels with the
     true box in green and the predicted one in red, then the phrase and the IoU, written in
     green when the IoU reaches ``threshold``, else red.
 
@@ -78,4 +81,4 @@ def draw_gallery(path: str, images: np.ndarray, phrases: list[str], true_boxes: 
         rows.append([gallery.Thumb(np.asarray(image)),
                      gallery.Text(f'{phrase}\nIoU {overlap:.2f}',
                                   'green' if overlap >= threshold else 'red')])
-    gallery.draw(path, rows, size=size)
+    return rows

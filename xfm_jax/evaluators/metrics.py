@@ -34,7 +34,7 @@ def nonfinite(evaluator: str, **outputs) -> dict[str, float]:
     return {'nonfinite': float(sum(bad.values()))}
 
 
-def _ranks_of_best_right(scores: np.ndarray, right: np.ndarray) -> np.ndarray:
+def ranks_of_best_right(scores: np.ndarray, right: np.ndarray) -> np.ndarray:
     """scores, right: [Q, C] (right: bool, >= 1 per row) -> [Q] int: how many wrong candidates
     score at least as high as the best right one (0 = the first hit is at the top)."""
     if not right.any(axis=1).all():
@@ -62,8 +62,8 @@ def retrieval_recall(similarity: np.ndarray, text_image: np.ndarray,
     if text_image.shape != (num_texts,):
         raise ValueError(f'text_image has shape {text_image.shape}, expected ({num_texts},)')
     right = text_image[None, :] == np.arange(num_images)[:, None]  # [I, T]
-    t2i = _ranks_of_best_right(similarity.T, right.T)
-    i2t = _ranks_of_best_right(similarity, right)
+    t2i = ranks_of_best_right(similarity.T, right.T)
+    i2t = ranks_of_best_right(similarity, right)
     out = {}
     for k in ks:
         out[f't2i_r{k}'] = 100.0 * float(np.mean(t2i < k))

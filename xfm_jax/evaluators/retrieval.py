@@ -2,8 +2,10 @@
 top-k candidates by the ITM match probability of the fusion encoder, as the papers do.
 
 Settings (``config.evaluate.retrieval``): ``source``, ``split``, ``max_images`` (0: all),
-``k`` (candidates re-ranked per query), ``gallery_queries`` (text queries drawn into a PNG in the
-workdir; 0: none).
+``k`` (candidates re-ranked per query), ``gallery_queries`` (queries drawn into the workdir's
+``retrieval_gallery_step{step}.png``, text->image, and ``retrieval_gallery_i2t_step{step}.png``,
+image->text, and to TensorBoard; a right answer outside the top 5 is shown with its rank; 0:
+none).
 
 Metrics (percent): ``itc/{t2i,i2t}_r{1,5,10}`` (ITC alone), ``itm/...`` (after re-ranking),
 ``chance/...`` (a random ranking), plus ``num_images``, ``num_texts``; instead of the recalls,
@@ -11,8 +13,6 @@ Metrics (percent): ``itc/{t2i,i2t}_r{1,5,10}`` (ITC alone), ``itm/...`` (after r
 """
 
 from __future__ import annotations
-
-import os
 
 import numpy as np
 
@@ -26,18 +26,21 @@ def evaluate(ctx: batching.EvalContext, settings) -> dict[str, float]:
     image_embedding, image_tokens = ctx.map(
         batching.image_encoder(ctx.model), ds.num_images, batching.take({'image': ds.images}),
         'retrieval: images')
-    out, t2i_scores = rank_and_rerank(ctx, image_embedding, image_tokens, ds.caption_ids,
-                                      ds.caption_image, settings.k, 'retrieval')
+    out, scores = rank_and_rerank(ctx, image_embedding, image_tokens, ds.caption_ids,
+                                  ds.caption_image, settings.k, 'retrieval')
     out.update(num_images=float(ds.num_images), num_texts=float(len(ds.caption_ids)))
-    if settings.gallery_queries and ctx.workdir and t2i_scores is not None:
-        path = os.path.join(ctx.workdir, f'retrieval_gallery_step{ctx.step}.png')
-        draw_gallery(path, ds, t2i_scores, settings.gallery_queries)
+    if settings.gallery_queries and scores is not None:
+        ctx.gallery('retrieval_gallery', text_to_image_rows(ds, scores[0],
+                                                            settings.gallery_queries))
+        ctx.gallery('retrieval_gallery_i2t', image_to_text_rows(ds, scores[1],
+                                                                settings.gallery_queries))
     return out
 
 
 def rank_and_rerank(ctx: batching.EvalContext, item_embedding: np.ndarray,
                     item_tokens: np.ndarray, caption_ids: np.ndarray, caption_item: np.ndarray,
-                    k: int, name: str) -> tuple[dict[str, float], np.ndarray]:
+                    k: int, name: str
+                    ) -> tuple[dict[str, float], tuple[np.ndarray, np.ndarray] | None]:
     """Ranks N items (images or videos) against T captions by ITC, then re-ranks each query's
     top ``k`` candidates by the ITM match probability. Shared by image and video retrieval.
 
@@ -46,9 +49,9 @@ def rank_and_rerank(ctx: batching.EvalContext, item_embedding: np.ndarray,
         attends to.
       caption_ids: int [T, L]; caption_item: int [T], the item each caption describes.
     Returns:
-      ``{itc,itm,chance}/{t2i,i2t}_r{1,5,10}`` (percent) and the re-ranked text->item scores
-      [N, T] (higher = better); ``({'nonfinite': count}, None)`` when the model's scores are not
-      all finite.
+      ``{itc,itm,chance}/{t2i,i2t}_r{1,5,10}`` (percent) and the re-ranked scores [N, T]
+      (higher = better) of each direction, ``(text->item, item->text)``;
+      ``({'nonfinite': count}, None)`` when the model's scores are not all finite.
     """
     mask = (caption_ids != ctx.config.model.text.pad_id).astype(np.int32)
     text_embedding, text_hidden = ctx.map(
@@ -88,7 +91,7 @@ def rank_and_rerank(ctx: batching.EvalContext, item_embedding: np.ndarray,
                            ('chance', metrics.retrieval_chance(caption_item, len(similarity),
                                                                KS))):
         out.update({f'{prefix}/{m}': v for m, v in values.items()})
-    return out, t2i_scores
+    return out, (t2i_scores, i2t_scores)
 
 
 def spread(count: int, num: int) -> np.ndarray:
@@ -96,14 +99,52 @@ def spread(count: int, num: int) -> np.ndarray:
     return np.unique(np.linspace(0, count - 1, num).astype(int))
 
 
-def draw_gallery(path: str, ds: data.EvalSet, t2i_scores: np.ndarray, num_queries: int,
-                 top: int = 5) -> None:
-    """PNG: one row per text query (``num_queries`` captions spread over the set): the caption,
-    then its ``top`` images after re-ranking, the true image framed green, the others red."""
+def best_right_rank(scores: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """scores, right: [Q, C] -> [Q] 1-based rank of each query's best right candidate (ties
+    count against the model, as in the recalls)."""
+    return metrics.ranks_of_best_right(scores, right) + 1
+
+
+def text_to_image_rows(ds: data.EvalSet, t2i_scores: np.ndarray, num_queries: int,
+                       top: int = 5) -> list[list]:
+    """Gallery rows, one per text query (``num_queries`` captions spread over the set): the
+    caption, its ``top`` images after re-ranking (the true one framed green, the others red)
+    and, when the true image is not among them, its rank and the image itself."""
+    queries = spread(len(ds.captions), num_queries)
+    scores = t2i_scores[:, queries].T  # [Q, N]
+    right = ds.caption_image[queries, None] == np.arange(ds.num_images)[None]
     rows = []
-    for query in spread(len(ds.captions), num_queries):
-        ranked = np.argsort(-t2i_scores[:, query], kind='stable')[:top]
-        rows.append([gallery.Text(ds.captions[query])] + [
-            gallery.Thumb(pixels, 'green' if image == ds.caption_image[query] else 'red')
-            for image, pixels in zip(ranked, gallery.to_uint8(ds.images[ranked]))])
-    gallery.draw(path, rows)
+    for row, query, rank in zip(scores, queries, best_right_rank(scores, right)):
+        ranked = np.argsort(-metrics.finite_scores(row), kind='stable')[:top]
+        true = ds.caption_image[query]
+        cells = [gallery.Text(ds.captions[query])] + [
+            gallery.Thumb(pixels, 'green' if image == true else 'red')
+            for image, pixels in zip(ranked, gallery.to_uint8(ds.images[ranked]))]
+        if rank > top:
+            cells += [gallery.Text(f'true image:\nrank {rank}', 'green', width=12),
+                      gallery.Thumb(gallery.to_uint8(ds.images[true]), 'green')]
+        rows.append(cells)
+    return rows
+
+
+def image_to_text_rows(ds: data.EvalSet, i2t_scores: np.ndarray, num_queries: int,
+                       top: int = 5) -> list[list]:
+    """Gallery rows, one per image query (``num_queries`` images spread over the set): the
+    image, its ``top`` captions after re-ranking (right ones in green, wrong in red, each with
+    its rank) and, when no right caption is among them, the best-ranked right one with its
+    rank."""
+    queries = spread(ds.num_images, num_queries)
+    scores = i2t_scores[queries]  # [Q, T]
+    right = ds.caption_image[None, :] == queries[:, None]
+    rows = []
+    for row, query, is_right, rank in zip(scores, queries, right,
+                                          best_right_rank(scores, right)):
+        order = np.argsort(-metrics.finite_scores(row), kind='stable')
+        cells = [gallery.Thumb(gallery.to_uint8(ds.images[query]))] + [
+            gallery.Text(f'{r + 1}. {ds.captions[t]}', 'green' if is_right[t] else 'red',
+                         width=24) for r, t in enumerate(order[:top])]
+        if rank > top:
+            best = order[is_right[order]][0]
+            cells.append(gallery.Text(f'{rank}. {ds.captions[best]}', 'green', width=24))
+        rows.append(cells)
+    return rows
