@@ -170,13 +170,20 @@ class Records:
                 .map(self.parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True))
 
 
-def open_records(builder: tfds.core.DatasetBuilder, split: str, decoders=None) -> Records:
-    """Records of a prepared builder's split (``decoders`` as in ``builder.as_dataset``)."""
+def open_records(builder: tfds.core.DatasetBuilder, split: str, decoders=None,
+                 features: tuple[str, ...] = ()) -> Records:
+    """Records of a prepared builder's split (``decoders`` as in ``builder.as_dataset``),
+    holding only the top-level ``features`` named (default: all); the others are never parsed."""
     if split not in builder.info.splits:
         raise ValueError(f'{builder.name} has no split {split!r}; it has '
                          f'{sorted(builder.info.splits)}.')
     serialized = builder.as_data_source(split).data_source  # raw bytes by index
-    features = builder.info.features
+    stored = builder.info.features
+    missing = [name for name in features if name not in stored]
+    if missing:
+        raise ValueError(f'{builder.name} has no features {missing}; it has {sorted(stored)}.')
+    features = (tfds.features.FeaturesDict({name: stored[name] for name in features})
+                if features else stored)
     return Records(len(serialized), serialized.__getitems__,
                    lambda s: features.deserialize_example(s, decoders=decoders))
 
@@ -186,12 +193,16 @@ def ordered(records: Records, limit: int = 0) -> tf.data.Dataset:
     return records.read(tf.data.Dataset.range(min(limit or records.size, records.size)))
 
 
-def source_records(source: Source, data_dir: str | None, split: str) -> Records:
-    """A source's records with images (frames) left encoded: decoding is fused with the crop."""
+def source_records(source: Source, data_dir: str | None, split: str,
+                   features: tuple[str, ...] = ()) -> Records:
+    """A source's records with images (frames) left encoded: decoding is fused with the crop.
+    ``features``: as in ``open_records``."""
     skip = tfds.decode.SkipDecoding()
     decoders = {'frames': skip} if source.schema == 'video' else (
         {'image': skip} if source.schema == 'image_text' else None)
-    return open_records(load_builder(source, data_dir), split, decoders)
+    if features:
+        decoders = {name: skip for name, skip in (decoders or {}).items() if name in features}
+    return open_records(load_builder(source, data_dir), split, decoders, features)
 
 
 def with_pick_seed(records: tf.data.Dataset, seeds: tf.data.Dataset) -> tf.data.Dataset:
@@ -204,8 +215,8 @@ class _RecordSource(seqio.FunctionDataSource):
     """The seqio source of a task: ``get_dataset`` reads the split in stored order (seqio's own
     readers and tests); ``records(split)`` is the random access the pipeline reads by index."""
 
-    def __init__(self, source: Source, data_dir: str | None):
-        self.xfm_source, self.data_dir = source, data_dir
+    def __init__(self, source: Source, data_dir: str | None, features: tuple[str, ...]):
+        self.xfm_source, self.data_dir, self.features = source, data_dir, features
         super().__init__(self._stored_order, splits=('train', 'validation'))
 
     def _stored_order(self, split: str, shuffle_files: bool, seed: int | None = None):
@@ -216,7 +227,7 @@ class _RecordSource(seqio.FunctionDataSource):
         return with_pick_seed(ordered(records), seeds)
 
     def records(self, split: str) -> Records:
-        return source_records(self.xfm_source, self.data_dir, split)
+        return source_records(self.xfm_source, self.data_dir, split, self.features)
 
 
 # --- Preprocessors: canonical schema -> stream raw record ------------------------------------------
@@ -364,6 +375,15 @@ def _split_task_name(task_name: str, known: dict) -> tuple[str, str]:
                      f'in {sorted(known)}.')
 
 
+# The schema features each stream's preprocessor reads: only these are parsed (parsing a scene's
+# boxes and question-answer pairs too doubled the image_text parse time; BENCHMARKS.md).
+_READS = {'text': ('text',), 'image': ('image', 'image_key'),
+          'image_text': ('image', 'image_key', 'captions'),
+          'vqa_image_text': ('image', 'image_key', 'qa'),
+          'region': ('image', 'image_key', 'captions', 'objects'),
+          'video': ('frames', 'video_key', 'captions')}
+
+
 def _register_task(name, source, stream, vocab, specials, *, text_len, data_dir, max_words,
                    use_qa):
     tokenize = functools.partial(text_ops.tokenize_wrapped, vocab, specials, length=text_len)
@@ -380,7 +400,8 @@ def _register_task(name, source, stream, vocab, specials, *, text_len, data_dir,
     seqio.TaskRegistry.remove(name)
     # Preprocessors map one source record to one stream record (no filter, no flat_map), so a
     # stream record is addressed by its source record's index (pipeline.py).
-    seqio.TaskRegistry.add(name, source=_RecordSource(source, data_dir),
+    reads = _READS['vqa_' + stream if use_qa else stream]
+    seqio.TaskRegistry.add(name, source=_RecordSource(source, data_dir, reads),
                            preprocessors=preprocessors, output_features=output_features(stream))
 
 
