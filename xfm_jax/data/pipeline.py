@@ -224,6 +224,7 @@ class Streams(Iterator):
                                  f'is not divisible by the {process_count} processes.')
             self._local_batch[stream] = stream_config.batch_size // process_count
         mixtures = tasks.register(config)
+        tasks.warn_on_caption_fit(config)
         specials = vocab_lib.special_ids(tasks.make_vocabulary(config.vocab))
         self._host = process_index
         positions = self._restore(state, process_index)

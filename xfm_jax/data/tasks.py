@@ -23,6 +23,7 @@ import collections
 import dataclasses
 import functools
 import importlib
+import logging
 import os
 from typing import Callable
 
@@ -362,6 +363,86 @@ def stream_build_counts(config, stream: str, split: str) -> dict[str, dict[str, 
         for kind, built in build_counts(all_sources[name], config.tfds_data_dir, split).items():
             counts[kind].update(built)
     return {kind: dict(counter) for kind, counter in counts.items()}
+
+
+# --- How a user source's captions fit the vocabulary and the text length ----------------------
+
+CAPTION_SAMPLE = 1000  # captions tokenised per user source and stream at pipeline construction
+SINGLE_CHARACTER_SHARE = 0.5  # above: the vocabulary spells most words letter by letter
+TRUNCATED_SHARE = 0.1  # above: too many captions lose their end to text_len
+
+
+def caption_fit(vocab: seqio.Vocabulary, texts: list[str], text_len: int) -> dict[str, float]:
+    """How ``vocab`` tokenises ``texts`` for a stream of ``text_len`` ids (with [CLS] and [SEP]):
+    {'single': share of the tokens that are one character ('a', '##s', a SentencePiece 'x'),
+    'truncated': share of the texts cut at text_len, 'median': median tokens per text}."""
+    ids = vocab.encode_tf(tf.constant(texts))
+    if not isinstance(ids, tf.RaggedTensor):
+        ids = tf.RaggedTensor.from_tensor(ids)
+    lengths, flat = ids.row_lengths().numpy(), ids.flat_values.numpy()
+    pieces = {i: vocab.decode([int(i)]).strip().removeprefix('##') for i in np.unique(flat)}
+    return {'single': float(np.mean([len(pieces[i]) == 1 for i in flat])) if flat.size else 0.0,
+            'truncated': float(np.mean(lengths > text_len - 2)),
+            'median': float(np.median(lengths))}
+
+
+def _sample_texts(source: Source, data_dir: str | None, task_stream: str,
+                  max_words: int) -> list[str]:
+    """The first CAPTION_SAMPLE non-empty texts of a source's train split, as the task's
+    preprocessor tokenises them (cleaned, except the text stream's)."""
+    field = {'text': 'text', 'vqa_image_text': 'qa'}.get(task_stream, 'captions')
+    texts = []
+    for ex in ordered(source_records(source, data_dir, 'train', (field,))).as_numpy_iterator():
+        if field == 'qa':
+            texts += [q + b' ' + a for q, a in zip(ex['qa']['question'], ex['qa']['answer'])]
+        else:
+            texts += [ex['text']] if field == 'text' else list(ex['captions'])
+        if len(texts) >= CAPTION_SAMPLE:
+            break
+    texts = tf.constant(texts[:CAPTION_SAMPLE], tf.string)
+    if field != 'text':
+        texts = text_ops.clean_caption(texts, max_words=max_words)
+    return [t.decode() for t in texts.numpy() if t.strip()]
+
+
+def warn_on_caption_fit(config) -> None:
+    """One WARNING, with the figures and the fix, per user source read by a text-bearing stream
+    whose sampled captions the vocabulary splits mostly into single characters (it lacks their
+    words) or ``text_len`` often truncates. Args: the data ConfigDict, as ``register``."""
+    user = set(config.get('user_sources') or {})
+    if not user:
+        return
+    all_sources, vocab = sources(config), make_vocabulary(config.vocab)
+    for stream, stream_config in config.streams.items():
+        if stream == 'image':
+            continue
+        for task_name, _ in stream_config.mixture:
+            source_name, task_stream = _split_task_name(task_name, all_sources)
+            if source_name not in user:
+                continue
+            texts = _sample_texts(all_sources[source_name], config.tfds_data_dir, task_stream,
+                                  config.caption_max_words)
+            if not texts:
+                continue
+            fit = caption_fit(vocab, texts, stream_config.text_len)
+            spelled = fit['single'] > SINGLE_CHARACTER_SHARE
+            if not spelled and fit['truncated'] <= TRUNCATED_SHARE:
+                continue
+            fixes = []
+            if spelled:
+                fixes.append('an open vocabulary: --config.data.vocab.kind=wordpiece '
+                             '--config.data.vocab.path=<bert-base-uncased vocab.txt>, or '
+                             'kind=sentencepiece with a model from `python -m '
+                             'xfm_jax.data.train_sentencepiece --corpus=<your captions>`')
+            if fit['truncated'] > TRUNCATED_SHARE:
+                fixes.append(f'a longer data.streams.{stream}.text_len')
+            logging.warning(
+                'data: user source %r (task %s): in its first %d captions, %.1f %% of the '
+                'tokens are single characters (data.vocab.kind=%r) and %.1f %% of the captions '
+                'are cut at data.streams.%s.text_len=%d (median %.0f tokens); use %s.', source_name,
+                task_name, len(texts), 100 * fit['single'], config.vocab.kind,
+                100 * fit['truncated'], stream, stream_config.text_len, fit['median'],
+                ' or '.join(fixes))
 
 
 def _split_task_name(task_name: str, known: dict) -> tuple[str, str]:
