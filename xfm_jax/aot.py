@@ -15,6 +15,7 @@ Needs libtpu (``pip install "jax[tpu]==0.10.2"``, which works on a machine witho
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import sys
 import time
@@ -116,11 +117,10 @@ def compile_report(config: ml_collections.ConfigDict, topology: str) -> Report:
     rules = partitioning.get_rules(config.partitioning.rules)
     model = build_model(config.model)
     tx, schedule = ts.make_optimizer(config)
-    boxed = jax.eval_shape(lambda r: ts.create_train_state(model, tx, r), jax.random.key(0))
-    state_sh = partitioning.state_shardings(boxed, mesh, rules)
-    unboxed = jax.eval_shape(ts.unboxed_state_init(model, tx), jax.random.key(0))
-    state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                         unboxed, state_sh)
+    # The sharded-state setup of training, up to its shardings: nothing is allocated.
+    boxed, state_sh = partitioning.abstract_state(
+        functools.partial(ts.create_train_state, model, tx), mesh, rules)
+    state = partitioning.placed_shapes(boxed, state_sh)
     batch_sh = partitioning.batch_sharding(mesh)
     sizes = stream_sizes(config)
     vision = config.model.vision

@@ -48,10 +48,8 @@ def evaluate(config, workdir: str, checkpoint_path: str | None = None,
         if config is None:
             raise ValueError('--random_init needs --config (there is no checkpoint to read one '
                              'from).')
-        mesh = partitioning.make_mesh(config.partitioning.mesh, devices)
-        rules = partitioning.get_rules(config.partitioning.rules)
+        location, restore = None, None
         seed = int(config.train.seed) if 'train' in config else 0
-        params = partitioning.random_params(build_model(config.model), mesh, rules, seed)
         source, step = f'random initialisation (seed {seed})', 0
     else:
         location = checkpoint.locate(checkpoint_path or workdir)
@@ -65,11 +63,15 @@ def evaluate(config, workdir: str, checkpoint_path: str | None = None,
             config = checkpoint.stored_config(location.description)
         else:
             config = checkpoint.adopt_stored_model(config, location.description)
-        mesh = partitioning.make_mesh(config.partitioning.mesh, devices)
-        rules = partitioning.get_rules(config.partitioning.rules)
-        abstract, shardings = partitioning.param_shardings(build_model(config.model), mesh, rules)
-        params = checkpoint.restore_params(location, abstract, shardings)
-        source, step = os.fspath(location.tree), location.step
+        seed, source, step = 0, os.fspath(location.tree), location.step
+
+        def restore(abstract, shardings):  # the parameters only, onto this mesh
+            return checkpoint.restore_params(location, abstract, shardings), None
+    mesh = partitioning.make_mesh(config.partitioning.mesh, devices)
+    rules = partitioning.get_rules(config.partitioning.rules)
+    params = partitioning.setup_state(partitioning.params_init(build_model(config.model)), mesh,
+                                      rules, seed=seed, restore=restore).state
+    if location is not None:
         logging.info('restored params of step %d from %s onto mesh %s', step, source,
                      dict(mesh.shape))
     results = runner.run_evaluators(config, params, mesh, rules, workdir=workdir, step=step,

@@ -214,20 +214,18 @@ def finetune(config, workdir: str, init: str | None = None,
     mode = config.train.trainable
     tx, schedule = optim.make_optimizer(config.optimizer, config.train.total_steps)
 
-    def init_state(rng):  # boxed params (logical axes) -> shardings, as xfm_jax.train
+    def init_state(rng):  # boxed params (logical axes), for partitioning.setup_state
         params_rng, dropout_rng, sample_rng = jax.random.split(rng, 3)
         params = task_model.init({'params': params_rng, 'dropout': dropout_rng,
                                   'sample': sample_rng}, sample)['params']
         return TrainState(step=np.zeros((), np.int32), params=params,
                           opt_state=tx.init(trainable(params, mode)))
 
-    key = jax.random.key(config.train.seed)
-    abstract = jax.eval_shape(init_state, key)
+    setup = partitioning.setup_state(init_state, mesh, rules, seed=config.train.seed)
+    state, shardings, abstract = setup.state, setup.shardings, setup.abstract
     if mode == 'head' and set(abstract.params) == {'model'}:
         raise ValueError(f"Task {settings.name!r} has no head of its own; train.trainable='head' "
                          "would train nothing.")
-    shardings = partitioning.state_shardings(abstract, mesh, rules)
-    state = jax.jit(lambda r: nn.unbox(init_state(r)), out_shardings=shardings)(key)
 
     # ---- restore the backbone, derive and restore the task's params -----------------------------
     if location is None:

@@ -9,15 +9,15 @@ Logical names:
                relpos, proj, norm, patch, channels, frames, positions
   activations: batch, length, act_embed, act_heads, act_kv, act_mlp, act_vocab
 
-Typical use (flax lm1b pattern)::
+Typical use (flax lm1b pattern; :func:`setup_state` is the part every program shares)::
 
     mesh = make_mesh(config.partitioning.mesh)
     rules = get_rules(config.partitioning.rules)
-    abstract = jax.eval_shape(init_fn, rng)          # params boxed; tx.init on the boxed params
-    shardings = state_shardings(abstract, mesh, rules)
-    state = jax.jit(lambda r: nn.unbox(init_fn(r)), out_shardings=shardings)(rng)  # see below
+    # init_fn(rng): params boxed, tx.init on the boxed params -> abstract -> shardings ->
+    # restore(abstract, shardings), or jit(unbox(init_fn), out_shardings)(key(seed))
+    setup = setup_state(init_fn, mesh, rules, seed=seed, restore=restore)
     with sharding_context(mesh, rules):
-        state, metrics = train_step(state, shard_batch(batch, mesh))
+        state, metrics = train_step(setup.state, shard_batch(batch, mesh))
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -180,19 +180,63 @@ def sharding_context(mesh: jax.sharding.Mesh, rules: LogicalRules) -> Iterator[N
         yield
 
 
+class InitialState(NamedTuple):
+    """What :func:`setup_state` gives a program."""
+    state: Any  # unboxed, placed on ``shardings``
+    shardings: Any  # NamedShardings of the unboxed state
+    abstract: Any  # ``jax.eval_shape`` of the init: boxed (logical axes), no memory used
+    restored: bool  # False: initialised from the seed
+    extra: Any = None  # what ``restore`` returned beside the state (a data position)
+
+
+def abstract_state(init_fn: Callable, mesh: jax.sharding.Mesh,
+                   rules: LogicalRules) -> tuple[Any, Any]:
+    """(abstract boxed state, NamedShardings of the unboxed state) of ``init_fn(rng)``, which
+    builds a state whose params are flax-boxed (``nn.LogicallyPartitioned``); no memory used."""
+    abstract = jax.eval_shape(init_fn, jax.random.key(0))
+    return abstract, state_shardings(abstract, mesh, rules)
+
+
+def setup_state(init_fn: Callable, mesh: jax.sharding.Mesh, rules: LogicalRules, *,
+                seed: int = 0, restore: Callable | None = None) -> InitialState:
+    """The one sharded-state setup of every program (train, finetune, evaluate, aot, the
+    benchmark): ``init_fn(rng)`` (a model, and an optimizer where one trains) -> abstract state
+    -> shardings -> restore, or initialise.
+
+    ``restore(abstract, shardings) -> (state, extra) | None`` is tried first (a checkpoint;
+    None: there is none); otherwise ``init_fn(jax.random.key(seed))`` runs jitted straight into
+    the shardings. Call it OUTSIDE :func:`sharding_context` (see there).
+    """
+    abstract, shardings = abstract_state(init_fn, mesh, rules)
+    restored = restore(abstract, shardings) if restore is not None else None
+    if restored is not None:
+        state, extra = restored
+        return InitialState(state, shardings, abstract, True, extra)
+    state = jax.jit(lambda rng: nn.unbox(init_fn(rng)), out_shardings=shardings)(
+        jax.random.key(seed))
+    return InitialState(state, shardings, abstract, False)
+
+
+def placed_shapes(abstract: Any, shardings: Any) -> Any:
+    """``jax.ShapeDtypeStruct``s of the unboxed ``abstract`` state on ``shardings``: what
+    ``jit(...).lower`` takes to compile for a mesh without allocating the state."""
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                        nn.unbox(abstract), shardings)
+
+
+def params_init(model) -> Callable:
+    """``rng -> boxed params`` of a ``VisionLanguageModel`` (for :func:`setup_state`)."""
+    from xfm_jax.models.model import init_variables
+    return lambda rng: init_variables(model, rng)['params']
+
+
 def param_shardings(model, mesh: jax.sharding.Mesh, rules: LogicalRules) -> tuple[Any, Any]:
     """(abstract boxed params, NamedShardings of the unboxed params) of a
     ``VisionLanguageModel``: the target of a params-only restore or initialisation."""
-    from xfm_jax.models.model import abstract_variables
-    abstract = abstract_variables(model)['params']
-    return abstract, state_shardings(abstract, mesh, rules)
+    return abstract_state(params_init(model), mesh, rules)
 
 
 def random_params(model, mesh: jax.sharding.Mesh, rules: LogicalRules, seed: int) -> Any:
     """A model's freshly initialised params (``jax.random.key(seed)``, as a training run
     starts), created directly in their shardings."""
-    from xfm_jax.models.model import init_variables
-    _, shardings = param_shardings(model, mesh, rules)
-    init = jax.jit(lambda rng: nn.unbox(init_variables(model, rng)['params']),
-                   out_shardings=shardings)
-    return init(jax.random.key(seed))
+    return setup_state(params_init(model), mesh, rules, seed=seed).state

@@ -12,6 +12,7 @@ Saves on SIGTERM / preemption notices (every host at the same step) and at the e
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import time
@@ -118,25 +119,20 @@ def _train(config, workdir, lock) -> dict:
     # ---- model, optimizer, sharded state -----------------------------------------------------
     model = build_model(config.model)
     tx, schedule = ts.make_optimizer(config)
-    abstract = jax.eval_shape(lambda r: ts.create_train_state(model, tx, r), jax.random.key(0))
-    state_sh = partitioning.state_shardings(abstract, mesh, rules)
     checkpoints = checkpoint_lib.Checkpoints(workdir / checkpoint_lib.CHECKPOINTS_DIR, config)
-    restored = checkpoints.restore_latest(abstract, state_sh)
-    if restored is None:
-        init_fn = ts.unboxed_state_init(model, tx)
-        state = jax.jit(init_fn, out_shardings=state_sh)(jax.random.key(config.train.seed))
-        data_state = None
-        if config.train.init_from:  # a resume ignores it: the run's own checkpoint has it all
-            source = checkpoint_lib.locate(config.train.init_from)
-            if source.family not in (None, config.model.family):
-                logging.warning('init_from %s is a %r checkpoint; this run trains %r: only '
-                                'parameters with the same name and shape are loaded',
-                                source.tree, source.family, config.model.family)
-            params, _, _ = checkpoint_lib.load_matching_params(
-                source, state.params, config.train.init_exclude)
-            state = state.replace(params=params)
-    else:
-        state, data_state = restored
+    setup = partitioning.setup_state(  # the newest checkpoint, else a fresh state
+        functools.partial(ts.create_train_state, model, tx), mesh, rules,
+        seed=config.train.seed, restore=checkpoints.restore_latest)
+    state, state_sh, data_state = setup.state, setup.shardings, setup.extra
+    if config.train.init_from and not setup.restored:  # a resume has it all in its own
+        source = checkpoint_lib.locate(config.train.init_from)
+        if source.family not in (None, config.model.family):
+            logging.warning('init_from %s is a %r checkpoint; this run trains %r: only '
+                            'parameters with the same name and shape are loaded',
+                            source.tree, source.family, config.model.family)
+        params, _, _ = checkpoint_lib.load_matching_params(
+            source, state.params, config.train.init_exclude)
+        state = state.replace(params=params)
     start_step = int(state.step)
     logging.info('starting at step %d of %d', start_step, config.train.total_steps)
 

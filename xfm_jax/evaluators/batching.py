@@ -1,5 +1,5 @@
 """Runs a jitted function over host rows in fixed-size batches sharded like training, with
-progress and ETA. Also the model calls the evaluators share.
+progress and ETA (clu's ``ReportProgress``). Also the model calls the evaluators share.
 
 Each batch is split over the mesh axes ('data', 'fsdp') (``partitioning.shard_batch``); the last
 batch is padded by repeating row 0 and the padding dropped from the outputs. On several hosts
@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -24,23 +23,6 @@ from jax.experimental import multihost_utils
 from xfm_jax import partitioning
 
 Rows = Callable[[np.ndarray], dict[str, np.ndarray]]
-
-
-class Progress:
-    """Logs ``done / total``, rate and ETA at most every ``every_s`` seconds and at the end."""
-
-    def __init__(self, name: str, total: int, every_s: float = 30.0):
-        self.name, self.total, self.every_s = name, total, every_s
-        self.start = self.last = time.perf_counter()
-
-    def update(self, done: int) -> None:
-        now = time.perf_counter()
-        if done < self.total and now - self.last < self.every_s:
-            return
-        self.last = now
-        rate = done / max(now - self.start, 1e-9)
-        logging.info('%s: %d/%d (%.1f/s, ETA %.0f s)', self.name, done, self.total, rate,
-                     (self.total - done) / max(rate, 1e-9))
 
 
 def take(arrays: dict[str, np.ndarray]) -> Rows:
@@ -67,7 +49,12 @@ def map_batches(fn: Callable[[Any, dict], Any], params: Any, num_rows: int, rows
     batch = global_batch_size(batch_size, mesh)
     local = batch // jax.process_count()
     mine = slice(jax.process_index() * local, (jax.process_index() + 1) * local)
-    progress = Progress(name, num_rows)
+    # Rows done, rate and ETA logged every 30 s and at the end (clu, as the training loops).
+    from clu import periodic_actions
+    progress = periodic_actions.ReportProgress(num_train_steps=num_rows, every_secs=30.0,
+                                               on_steps=[num_rows])
+    logging.info('%s: %d rows in batches of %d', name, num_rows, batch)
+    progress(0)
     outputs = []
     with partitioning.sharding_context(mesh, rules):
         for start in range(0, num_rows, batch):
@@ -76,7 +63,7 @@ def map_batches(fn: Callable[[Any, dict], Any], params: Any, num_rows: int, rows
             out = fn(params, partitioning.shard_batch(rows(index[mine]), mesh))
             out = multihost_utils.process_allgather(out, tiled=True)
             outputs.append(jax.tree.map(lambda x: np.asarray(x)[:num_rows - start], out))
-            progress.update(min(start + batch, num_rows))
+            progress(min(start + batch, num_rows))
     return jax.tree.map(lambda *xs: np.concatenate(xs), *outputs)
 
 
