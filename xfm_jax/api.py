@@ -159,7 +159,7 @@ def _vocab_config(location: checkpoint.Location, stored: ml_collections.ConfigDi
         return ml_collections.ConfigDict(dict(vocab))
     if vocab == 'synthetic':
         layout = '_'.join(str(v) for v in ids.values())
-        cache = checkpoint.vocab_cache_dir()  # the cache the stored vocabularies go to
+        cache = checkpoint.cache_dir('vocab')  # the cache the stored vocabularies go to
         return ml_collections.ConfigDict(dict(
             kind='synthetic', path=os.fspath(cache / f'synthetic_{layout}.txt'),
             merges_path='', **ids))

@@ -89,12 +89,12 @@ def describe_run(config: ml_collections.ConfigDict) -> dict:
     return description
 
 
-def vocab_cache_dir() -> epath.Path:
-    """Where vocabulary files read from checkpoints are written: ``XFM_CACHE_DIR/vocab``
-    (default ``~/.cache/xfm_jax/vocab``)."""
+def cache_dir(kind: str) -> epath.Path:
+    """``XFM_CACHE_DIR/kind`` (default ``~/.cache/xfm_jax/kind``): 'vocab' holds vocabulary files
+    read from checkpoints, 'converted' checkpoint files converted for ``locate``."""
     root = os.environ.get('XFM_CACHE_DIR', os.path.join(os.path.expanduser('~'), '.cache',
                                                          'xfm_jax'))
-    return paths.resolve(root) / 'vocab'
+    return paths.resolve(root) / kind
 
 
 def materialize_vocab(description: dict) -> dict[str, str]:
@@ -102,7 +102,7 @@ def materialize_vocab(description: dict) -> dict[str, str]:
     several checkpoints share them) and returns {data.vocab field: local path}."""
     out = {}
     for field, entry in description.get('vocab', {}).items():
-        path = vocab_cache_dir() / entry['sha256'][:16] / entry['name']
+        path = cache_dir('vocab') / entry['sha256'][:16] / entry['name']
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.parent / f'{entry["name"]}.tmp{os.getpid()}'
@@ -180,8 +180,13 @@ def _finalized_steps(directory: epath.Path) -> list[int]:
 def locate(path: paths.PathLike) -> Location:
     """Where the params of ``path`` are: a training workdir (its newest complete step), its
     ``checkpoints/`` directory, one step directory, a params output (``convert``, ``finetune``)
-    or its ``params/``. Raises FileNotFoundError naming the path and what was looked for."""
+    or its ``params/``, or a checkpoint file ``python -m xfm_jax.convert`` reads (converted once
+    into ``cache_dir('converted')``; an HF BERT / RoBERTa file becomes a language tower). Raises
+    FileNotFoundError naming the path and what was looked for."""
     path = paths.resolve(path)
+    from xfm_jax.convert import importer  # numpy only; torch loads only for a .pth file
+    if importer.is_checkpoint_file(path):
+        path = importer.cached_import(path, cache_dir('converted'))
     if path.name == PARAMS_DIR and (path.parent / PARAMS_CONFIG).exists():
         path = path.parent
     if (path / PARAMS_CONFIG).exists():

@@ -56,6 +56,11 @@ def validate(config) -> None:
                 raise ValueError(f'config.{key}={value!r} must be an integer >= {low}.')
             if value < low:
                 raise ValueError(f'config.{key}={value} must be >= {low}.')
+    warmup = (config.get('optimizer') or {}).get('warmup_steps')
+    total = (config.get('train') or {}).get('total_steps')
+    if isinstance(warmup, int) and isinstance(total, int) and warmup >= total > 0:
+        raise ValueError(f'config.optimizer.warmup_steps={warmup} must be below '
+                         f'config.train.total_steps={total}.')
     accum = config.get('train', {}).get('grad_accum_steps', 1)
     for stream, shape in (config.get('batch') or {}).items():
         if shape.get('batch_size', 0) % accum:

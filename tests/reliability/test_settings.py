@@ -16,7 +16,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 @pytest.mark.parametrize('module, arg', [
     ('configs.xfm_base', ''), ('configs.xfm_base', 'runlocal'), ('configs.xfm_base', 'tiny'),
-    ('configs.x2vlm_base', ''), ('configs.x2vlm_large', 'runlocal'),
+    ('configs.xfm_base', 'mini'), ('configs.x2vlm_base', 'mini'), ('configs.x2vlm_base', ''), ('configs.x2vlm_large', 'runlocal'),
     ('configs.finetune.vqa', ''), ('configs.finetune.retrieval', 'tiny'),
     ('configs.finetune.glue', 'tiny'), ('configs.finetune.nlvr', ''),
     ('configs.finetune.image_classification', 'tiny'), ('configs.finetune.sentiment', '')])
@@ -33,6 +33,8 @@ def test_shipped_configs_are_valid(module, arg):
     ('evaluate.batch_size', 0, 'config.evaluate.batch_size=0 must be >= 1'),
     ('evaluate.mlp_probe.eval_every', 0, 'config.evaluate.mlp_probe.eval_every=0 must be'),
     ('checkpoint.keep_every', -5, 'config.checkpoint.keep_every=-5 must be >= 0'),
+    ('optimizer.warmup_steps', 100, 'config.optimizer.warmup_steps=100 must be below '
+                                    'config.train.total_steps=100'),
     # 8 rows per stream do not split into 3 micro-batches.
     ('train.grad_accum_steps', 3, 'config.batch.image.batch_size=8 is not divisible by '
                                   'config.train.grad_accum_steps=3'),
