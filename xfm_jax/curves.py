@@ -96,7 +96,7 @@ def draw(workdir) -> str:
     for axes in (losses, retrieval, itm):
         axes.set_xlabel('step')
         if axes.has_data():
-            axes.legend(fontsize=7)
+            axes.legend(fontsize=6, ncol=2 if axes is losses else 1)
         else:
             axes.text(0.5, 0.5, 'not logged', ha='center', va='center',
                       transform=axes.transAxes)
