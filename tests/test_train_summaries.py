@@ -22,6 +22,12 @@ def test_itm_prior_by_hand():
     assert prior['prior_loss'] == pytest.approx(0.6365, abs=1e-4)
     assert summaries.itm_prior(1) == pytest.approx({'prior_accuracy': 0.5,
                                                     'prior_loss': math.log(2)})
+    # Beside every ITM loss: a pre-training stream's and fine-tuning's.
+    metrics = {'image_text/itm_loss': 0.7, 'region/itc_loss': 2.0, 'itm_loss': 0.5}
+    assert summaries.with_itm_prior(metrics) == {
+        **metrics, 'image_text/itm_prior_loss': prior['prior_loss'],
+        'image_text/itm_prior_accuracy': prior['prior_accuracy'],
+        'itm_prior_loss': prior['prior_loss'], 'itm_prior_accuracy': prior['prior_accuracy']}
 
 
 def test_window_average_is_the_mean_of_the_steps_since_reset():

@@ -69,7 +69,8 @@ def draw(workdir) -> str:
     losses, retrieval, itm = figure.subplots(1, 3)
 
     losses.set_title('training losses (mean per logging window)')
-    for tag in ['train/loss'] + sorted(t for t in scalars if OBJECTIVE_LOSS.match(t) and '_prior_' not in t):
+    objectives = sorted(t for t in scalars if OBJECTIVE_LOSS.match(t) and '_prior_' not in t)
+    for tag in ['train/loss'] + objectives:
         if tag in scalars:
             losses.plot(*_series(scalars, tag), label=tag[len(summaries.TRAIN):],
                         linewidth=2.5 if tag == 'train/loss' else 1.2)
@@ -85,13 +86,14 @@ def draw(workdir) -> str:
                           label='chance (t2i)')
 
     itm.set_title('ITM loss and its prior')
-    for tag in sorted(t for t in scalars if t.endswith('/itm_loss')):
-        stream = tag[len(summaries.TRAIN):-len('/itm_loss')]
-        line, = itm.plot(*_series(scalars, tag), label=f'{stream} loss')
-        prior = f'{summaries.TRAIN}{stream}/itm_prior_loss'
+    for tag in sorted(t for t in scalars if t.startswith(summaries.TRAIN)
+                      and t.endswith('itm_loss')):
+        name = tag[len(summaries.TRAIN):]
+        line, = itm.plot(*_series(scalars, tag), label=name)
+        prior = tag[:-len('loss')] + 'prior_loss'
         if prior in scalars:
             itm.plot(*_series(scalars, prior), color=line.get_color(), linestyle='--',
-                     label=f'{stream} prior')
+                     label=f'{name[:-len("loss")]}prior_loss')
 
     for axes in (losses, retrieval, itm):
         axes.set_xlabel('step')

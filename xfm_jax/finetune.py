@@ -15,8 +15,8 @@ Sections: mesh -> pre-trained location -> data -> task model / optimizer / shard
 restore -> update step -> loop with evaluations -> save. Outputs in ``--workdir``:
 ``finetune.json`` (config, init, train history: each metric's mean over its logging window, final
 metrics), TensorBoard scalars ``train/<metric>`` and ``eval/<task>/<metric>`` in ``tensorboard/``
-(the tag names of ``xfm_jax.summaries``), the fine-tuned parameters (``params/`` + ``model_config.json``,
-the layout of a converted checkpoint: ``python -m xfm_jax.evaluate --checkpoint=WORKDIR`` and
+(the tag names of ``xfm_jax.summaries``), the fine-tuned parameters (``params/`` +
+``model_config.json``, the layout of a converted checkpoint: ``python -m xfm_jax.evaluate --checkpoint=WORKDIR`` and
 ``--init=WORKDIR`` read it; see :func:`save_params`), and a table with each metric's chance level
 on stdout.
 """
@@ -283,7 +283,8 @@ def finetune(config, workdir: str, init: str | None = None,
                 bad = sorted(k for k, v in metrics.items() if not np.isfinite(v))
                 if bad:
                     raise FloatingPointError(f'Non-finite {bad} at fine-tuning step {step + 1}.')
-                writer.write_scalars(step + 1, summaries.prefixed(summaries.TRAIN, metrics))
+                writer.write_scalars(step + 1, summaries.prefixed(
+                    summaries.TRAIN, summaries.with_itm_prior(metrics)))
                 history.append({'step': step + 1, **metrics})
                 logging.info('step %d/%d: loss %.4f', step + 1, total, metrics['loss'])
             if last or (config.train.eval_every and (step + 1) % config.train.eval_every == 0):

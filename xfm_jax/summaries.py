@@ -2,7 +2,7 @@
 
     train/<metric>              the update step's metrics (losses, accuracies, grad_norm, ...),
                                 each averaged over its logging window (train, finetune)
-    train/<stream>/itm_prior_*  ITM's prior, constant, drawn beside ``train/<stream>/itm_*``
+    train/<x>itm_prior_*        ITM's prior, constant, beside every ``train/<x>itm_loss``
     eval/<evaluator>/<metric>   held-out evaluation (``evaluators.runner``: train, evaluate;
                                 finetune: ``eval/<task>/<metric>``), galleries as images there
     steps_per_sec, uptime       clu's ``ReportProgress`` (all three programs)
@@ -64,11 +64,14 @@ def itm_prior(negatives: int = ITM_NEGATIVES) -> dict[str, float]:
             'prior_loss': -(p * math.log(p) + (1 - p) * math.log(1 - p))}
 
 
-def itm_prior_scalars(config) -> dict[str, float]:
-    """``{stream}/itm_prior_{loss,accuracy}`` for each trained stream with an ITM loss."""
-    prior = itm_prior()
-    return {f'{stream}/itm_{name}': value for stream in config.streams
-            if config.streams[stream].get('itm', 0) for name, value in prior.items()}
+def with_itm_prior(metrics: dict) -> dict:
+    """``metrics`` with ``<x>itm_prior_loss`` and ``<x>itm_prior_accuracy`` beside every
+    ``<x>itm_loss`` (``image_text/itm_loss`` in pre-training, ``itm_loss`` in fine-tuning)."""
+    out = dict(metrics)
+    for name in metrics:
+        if name.endswith('itm_loss'):
+            out.update({f'{name[:-len("loss")]}{k}': v for k, v in itm_prior().items()})
+    return out
 
 
 def prefixed(prefix: str, scalars: dict) -> dict[str, float]:

@@ -125,7 +125,8 @@ def _train(config, workdir, lock) -> dict:
         seed=config.train.seed, restore=checkpoints.restore_latest)
     state, state_sh, data_state = setup.state, setup.shardings, setup.extra
     if config.train.init_from and not setup.restored:  # a resume has it all in its own
-        source = checkpoint_lib.locate(config.train.init_from)
+        source = checkpoint_lib.locate(config.train.init_from, fusion_from_text_layers=(
+            config.train.get('init_fusion_from_text_layers', '')))
         if source.family not in (None, config.model.family):
             logging.warning('init_from %s is a %r checkpoint; this run trains %r: only '
                             'parameters with the same name and shape are loaded',
@@ -180,7 +181,6 @@ def _train(config, workdir, lock) -> dict:
     logging.info('%.3g model FLOPs per step; device peak %s FLOP/s', step_flops, peak)
 
     window = summaries.WindowAverage()  # each metric's mean over the logging window
-    itm_prior = summaries.itm_prior_scalars(config)
 
     def evaluate(names: str | None = None) -> dict[str, float]:
         from xfm_jax.evaluators import runner  # TF-based readers: real data only
@@ -212,7 +212,7 @@ def _train(config, workdir, lock) -> dict:
                 now = time.perf_counter()
                 steps_per_second = (done - window_step) / (now - window_start)
                 window_start, window_step = now, done
-                scalars = summaries.prefixed(summaries.TRAIN, {**averages, **itm_prior})
+                scalars = summaries.prefixed(summaries.TRAIN, summaries.with_itm_prior(averages))
                 scalars.update({f'examples_per_second/{s}': n * steps_per_second
                                 for s, n in batch_sizes.items()})
                 scalars['model_flops_per_second_per_device'] = (

@@ -22,8 +22,8 @@ from xfm_jax.evaluators.retrieval import spread
 def evaluate(ctx: batching.EvalContext, settings) -> dict[str, float]:
     ds = data.load(ctx.config, settings.source, settings.split, settings.max_images)
     if not len(ds.phrase_ids):
-        raise evaluators.SourceLacks(f'grounding: source {settings.source!r} has no boxed phrases; set '
-                         'config.evaluate.grounding.source.')
+        raise evaluators.SourceLacks(f'grounding: source {settings.source!r} has no boxed '
+                                     'phrases; set config.evaluate.grounding.source.')
     mask = (ds.phrase_ids != ctx.config.model.text.pad_id).astype(np.int32)
     _, image_tokens = ctx.map(batching.image_encoder(ctx.model), ds.num_images,
                               batching.take({'image': ds.images}), 'grounding: images')
