@@ -215,6 +215,9 @@ def train_config(family: str) -> ml_collections.ConfigDict:
         # step directory of a training run) that match by name and shape; '' for none.
         init_from='',
         init_exclude='',  # regex of '/'-joined param names that keep their fresh initialisation
+        # With an HF BERT / RoBERTa file as init_from: FIRST-LAST of its layers that start the
+        # fusion layers (X²-VLM base: 6-11), '' for none.
+        init_fusion_from_text_layers='',
         profile_steps=0,  # >0: a profiler trace of this many steps into the workdir
         profile_first_step=10,  # steps after the start (past compilation) the trace begins
         # jax's persistent compilation cache (local or gs://; '' off): a restart compiles nothing.
@@ -339,6 +342,9 @@ def _mini_recipe(config: ml_collections.ConfigDict) -> None:
     model_dir = pretrained_text_dir()
     config.data.vocab.update(kind='wordpiece', path=os.path.join(model_dir, 'vocab.txt'))
     config.train.init_from = os.path.join(model_dir, 'model.safetensors')
+    if config.model.family == 'x2vlm':  # text layers 0..T-1, fusion layers from the rest
+        text, fusion = config.model.text.depth, config.model.fusion.depth
+        config.train.init_fusion_from_text_layers = f'{text}-{text + fusion - 1}'
     config.data.crop_scale = (0.8, 1.0)  # captions name sizes and colours: keep both intact
     config.data.randaugment.num_ops = 0
     for stream, size in (('image_text', 16), ('region', 8), ('image', 8), ('text', 8)):
@@ -356,7 +362,10 @@ def _mini_recipe(config: ml_collections.ConfigDict) -> None:
     # its cost) are left to the image-text stream.
     if 'region' in config.streams:
         config.streams.region.itm = config.streams.region.imlm = 0.0
-    config.optimizer.update(learning_rate=3e-4, warmup_steps=50)
+    # The pretrained language tower at BERT's fine-tuning rate, everything trained from scratch
+    # (vision, fusion, heads, projections) 10x faster.
+    config.optimizer.update(learning_rate=1e-4, warmup_steps=50,
+                            lr_multipliers='^text_encoder/(embeddings|encoder)/=1,.=10')
     config.train.update(total_steps=400, log_every=50)
     config.checkpoint.every_steps = 200
 

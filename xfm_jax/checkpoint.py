@@ -177,16 +177,17 @@ def _finalized_steps(directory: epath.Path) -> list[int]:
                   and ocp.path.step.is_path_finalized(p))
 
 
-def locate(path: paths.PathLike) -> Location:
+def locate(path: paths.PathLike, fusion_from_text_layers: str = '') -> Location:
     """Where the params of ``path`` are: a training workdir (its newest complete step), its
     ``checkpoints/`` directory, one step directory, a params output (``convert``, ``finetune``)
     or its ``params/``, or a checkpoint file ``python -m xfm_jax.convert`` reads (converted once
-    into ``cache_dir('converted')``; an HF BERT / RoBERTa file becomes a language tower). Raises
+    into ``cache_dir('converted')``; an HF BERT / RoBERTa file becomes a language tower, with
+    fusion layers copied from ``fusion_from_text_layers``, e.g. '3-5', as X²-VLM starts). Raises
     FileNotFoundError naming the path and what was looked for."""
     path = paths.resolve(path)
     from xfm_jax.convert import importer  # numpy only; torch loads only for a .pth file
     if importer.is_checkpoint_file(path):
-        path = importer.cached_import(path, cache_dir('converted'))
+        path = importer.cached_import(path, cache_dir('converted'), fusion_from_text_layers)
     if path.name == PARAMS_DIR and (path.parent / PARAMS_CONFIG).exists():
         path = path.parent
     if (path / PARAMS_CONFIG).exists():

@@ -68,3 +68,15 @@ def test_init_from_takes_an_hf_file_directly_and_converts_it_once(tmp_path, bert
     checkpoint.load_matching_params(str(path), zeros)
     assert 'converting' not in capsys.readouterr().out  # the cached conversion is read
     assert list((tmp_path / 'cache' / 'converted').iterdir()) == converted
+
+
+def test_an_hf_file_for_x2vlm_also_starts_the_fusion_layers(tmp_path, bert_file, monkeypatch):
+    path, state = bert_file
+    monkeypatch.setenv('XFM_CACHE_DIR', str(tmp_path / 'cache'))
+    location = checkpoint.locate(str(path), fusion_from_text_layers='1-1')
+    params, saved = files.load_converted(str(location.tree.parent))
+    assert saved['towers']['fusion_encoder']['text_layers'] == '1-1'
+    np.testing.assert_array_equal(
+        params['fusion_encoder']['encoder']['layers_0']['ffn']['output']['kernel'],
+        params['text_encoder']['encoder']['layers_1']['ffn']['output']['kernel'])
+    assert checkpoint.locate(str(path)).tree != location.tree  # options are part of the key

@@ -159,20 +159,27 @@ def is_checkpoint_file(path: paths.PathLike) -> bool:
     return path.suffix in CHECKPOINT_SUFFIXES and path.is_file()
 
 
-def cached_import(path: paths.PathLike, cache_dir: paths.PathLike) -> paths.epath.Path:
+def cached_import(path: paths.PathLike, cache_dir: paths.PathLike,
+                  fusion_from_text_layers: str = '') -> paths.epath.Path:
     """The params output of checkpoint file ``path``, converted on first use into ``cache_dir``
-    (one directory per file name, size and modification time). An HF BERT / RoBERTa file
-    becomes a language tower (``text_encoder``), anything else converts as by
+    (one directory per file name, size, modification time and options). An HF BERT / RoBERTa
+    file becomes a language tower (``text_encoder``; with ``fusion_from_text_layers`` also the
+    fusion layers, as ``--fusion_from_text_layers``), anything else converts as by
     ``python -m xfm_jax.convert --input=path``."""
     path = paths.resolve(path)
     info = path.stat()
-    key = hashlib.sha256(f'{path}|{info.length}|{info.mtime}'.encode()).hexdigest()[:16]
+    key = hashlib.sha256(f'{path}|{info.length}|{info.mtime}|{fusion_from_text_layers}'
+                         .encode()).hexdigest()[:16]
     output = paths.resolve(cache_dir) / f'{path.stem}-{key}'
     if (output / files.MODEL_CONFIG).exists():
         return output
     state_dict, _, hf_config = files.read_checkpoint(path)
     text = formats.detect_format(state_dict.keys(), hf_config) in TEXT_FORMATS
     print(f'converting {path} into {output} (once; later runs read the conversion)')
-    import_checkpoint(output, ImportOptions(input=None if text else str(path),
-                                            text_input=str(path) if text else None))
+    if fusion_from_text_layers and not text:
+        raise ValueError(f'{path}: fusion layers are copied from the text layers of an HF BERT / '
+                         f'RoBERTa file; this is not one.')
+    import_checkpoint(output, ImportOptions(
+        input=None if text else str(path), text_input=str(path) if text else None,
+        fusion_from_text_layers=fusion_from_text_layers or None))
     return output
