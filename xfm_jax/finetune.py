@@ -61,6 +61,8 @@ class Run:
     batch_size: int
     workdir: str | None = None
     step: int = 0
+    # Galleries a task drew, {name: uint8 [H, W, 3]}: written to TensorBoard beside the metrics.
+    images: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
     def predict(self, examples: common.Examples, name: str) -> np.ndarray:
         return common.predict(self.task_model, self.params, examples,
@@ -260,6 +262,8 @@ def finetune(config, workdir: str, init: str | None = None,
         # eval/<task>/<metric>: the retrieval task's tags are the evaluator's (train, evaluate).
         writer.write_scalars(step, summaries.prefixed(f'{summaries.EVAL}{settings.name}/',
                                                       results))
+        writer.write_images(step, {f'{summaries.EVAL}{settings.name}/{k}': v[None]
+                                   for k, v in run.images.items()})
         logging.info('step %d evaluation: %s', step, results)
         return results
 

@@ -201,8 +201,9 @@ def test_gallery_marks_the_true_answer(tmp_path):
                  'answer': ('red', 'red', 'five')})
     probabilities = np.array([[0.7, 0.2, 0.1], [0.1, 0.6, 0.3], [0.3, 0.3, 0.4]])
     path = tmp_path / 'gallery.png'
-    vqa.draw_gallery(str(path), examples, probabilities, num_questions=3)
+    drawn = vqa.draw_gallery(str(path), examples, probabilities, num_questions=3)
     pixels = np.asarray(Image.open(path).convert('RGB'))
+    np.testing.assert_array_equal(drawn, pixels)  # what TensorBoard gets
     assert pixels.shape[0] == 3 * 100
 
     def has(colour, row):  # text is anti-aliased: look for the hue
@@ -225,6 +226,9 @@ def test_finetuned_params_round_trip_through_init(tiny_config, tmp_path):
     config.task.update(head='generative', max_eval=2)
     first = finetune.finetune(config, str(tmp_path / 'first'))
     assert os.path.isfile(tmp_path / 'first' / 'vqa_gallery_step2.png')
+    from tensorboard.backend.event_processing import event_accumulator
+    events = event_accumulator.EventAccumulator(str(tmp_path / 'first' / 'tensorboard'))
+    assert 'eval/vqa/vqa_gallery' in events.Reload().Tags()['tensors']
     config = tiny_config('vqa', total_steps=1)
     config.task.update(head='generative', max_eval=2)
     config.optimizer.learning_rate = 0.0

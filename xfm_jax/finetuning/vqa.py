@@ -140,7 +140,8 @@ def evaluate(run, eval_set: common.Examples, train_set: common.Examples) -> dict
         probabilities = (np.exp(scores) if settings.head == 'generative'
                          else jax.nn.softmax(scores, axis=-1))
         path = os.path.join(run.workdir, f'vqa_gallery_step{run.step}.png')
-        draw_gallery(path, eval_set, np.asarray(probabilities), settings.gallery_questions)
+        run.images['vqa_gallery'] = draw_gallery(path, eval_set, np.asarray(probabilities),
+                                                 settings.gallery_questions)
     return {'accuracy': metrics.ranked_answer_accuracy(scores, credit),
             'chance/accuracy': common.majority_accuracy(train_set.rows['label'], labels),
             'answers_in_vocabulary': 100.0 * float(known.mean()),
@@ -148,9 +149,10 @@ def evaluate(run, eval_set: common.Examples, train_set: common.Examples) -> dict
 
 
 def draw_gallery(path: str, examples: common.Examples, probabilities: np.ndarray,
-                 num_questions: int, top: int = 3) -> None:
+                 num_questions: int, top: int = 3) -> np.ndarray:
     """One row per question (``num_questions`` spread over the set): the image, the question,
-    the ``top`` answers with their probability (green: the true answer, red: wrong), the truth."""
+    the ``top`` answers with their probability (green: the true answer, red: wrong), the truth.
+    Returns the PNG's pixels."""
     os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
     rows = []
     for q in np.unique(np.linspace(0, len(examples) - 1, num_questions).astype(int)):
@@ -164,7 +166,7 @@ def draw_gallery(path: str, examples: common.Examples, probabilities: np.ndarray
                                     'green' if name == truth else 'red', width=14))
         row.append(gallery.Text(f'true: {truth}', 'blue', width=18))
         rows.append(row)
-    gallery.draw(path, rows)
+    return gallery.draw(path, rows)
 
 
 # ---- reading ----------------------------------------------------------------------------------
