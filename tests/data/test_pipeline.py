@@ -218,3 +218,16 @@ def test_bad_records_are_dropped_counted_once_and_logged(data_dir, monkeypatch, 
     assert dropped == {'undecodable': 2, 'empty_text': 1, 'missing_file': 2}
     assert converted == {'image_text': {'alpha': 1}}
     assert 'empty_text' in caplog.text and 'bad_source_image_text:empty' in caplog.text
+
+
+def test_records_parse_only_the_features_named(data_dir):
+    source = tasks.SOURCES['xfm_synthetic_scenes']
+    whole, part = (
+        next(tasks.ordered(tasks.source_records(source, data_dir, 'train', features), limit=1)
+             .as_numpy_iterator())
+        for features in ((), ('image', 'captions')))
+    assert {'objects', 'qa', 'label'} <= set(whole) and set(part) == {'image', 'captions'}
+    assert part['image'] == whole['image']  # still the stored JPEG bytes (decoded in the crop)
+    np.testing.assert_array_equal(part['captions'], whole['captions'])
+    with pytest.raises(ValueError, match=r"has no features \['boxes'\]"):
+        tasks.source_records(source, data_dir, 'train', ('image', 'boxes'))
