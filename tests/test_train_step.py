@@ -148,3 +148,26 @@ def test_analytic_flops_match_xla_cost_analysis():
     dims = flops.Dims.from_config(config.model)
     assert 4 * flops.vision_forward(dims) == pytest.approx(image_flops, rel=0.05)
     assert 4 * flops.text_forward(dims, 16) == pytest.approx(text_flops, rel=0.05)
+
+
+def test_analytic_fusion_flops_count_image_keys_and_values_once_per_image():
+    """Six texts over two images (three each), text length 2 so that the image keys/values
+    weigh: XLA's count of the fusion pass matches the per-image count, not the per-text one."""
+    config = _config()
+    for tower in (config.model.vision, config.model.text):
+        tower.update(width=256, mlp_dim=1024, num_heads=4)
+    model = build_model(config.model)
+    dims = flops.Dims.from_config(config.model)
+    tokens = dims.num_patches + 1
+    variables = nn.unbox(model.init(jax.random.key(0), *[
+        jnp.zeros(s, d) for s, d in (((1, 32, 32, 3), jnp.float32), ((1, 2), jnp.int32),
+                                     ((1, 2), jnp.int32))]))
+    hidden, mask = jnp.zeros((6, 2, 256)), jnp.ones((6, 2), jnp.int32)
+    images = jnp.zeros((2, tokens, 256))
+    fuse = lambda v, h, t: model.apply(  # noqa: E731
+        v, h, mask, t, image_rows=jnp.zeros((2, 3), jnp.int32), method='fuse')
+    xla = jax.jit(fuse).lower(variables, hidden, images).compile().cost_analysis()['flops']
+    rows = 6 * flops.fusion_forward(dims, 2)
+    assert rows + 2 * flops.cross_attention_kv_forward(dims, tokens) == pytest.approx(
+        xla, rel=0.05)
+    assert rows + 6 * flops.cross_attention_kv_forward(dims, tokens) > 1.2 * xla

@@ -12,6 +12,10 @@ counted (MFU, not hardware utilisation). Per stream, the forward passes follow d
 * region:      vision on the images; per text (B*K): language encoder twice (itc, imlm), fusion
                3x (itm) + 1x (imlm) over region tokens + 1x (box) over the full image.
 * video:       vision on B*F frames; then as image_text without mim.
+
+The fusion's cross-attention keys and values of an image's tokens are projected once per image
+in each fusion pass (itm, imlm, box), whatever number of rows read them; a region text adds
+those of its own region token.
 """
 
 from __future__ import annotations
@@ -85,14 +89,15 @@ class Dims:
         return (self.image_size // self.patch_size) ** 2
 
 
-def _attention_layer(tokens, width, mlp, context=None, context_width=None):
-    """Forward FLOPs of one transformer layer over `tokens` queries (per example)."""
+def _attention_layer(tokens, width, mlp, context=None):
+    """Forward FLOPs of one transformer layer over `tokens` queries (per example); with
+    `context` keys, the cross-attention without its key/value projections
+    (:func:`cross_attention_kv_forward`)."""
     flops = 2 * tokens * width * width * 4  # q, k, v, out
     flops += 2 * 2 * tokens * tokens * width  # scores + weighted sum
     flops += 2 * 2 * tokens * width * mlp  # FFN
     if context is not None:
         flops += 2 * tokens * width * width * 2  # cross q, out
-        flops += 2 * 2 * context * context_width * width  # cross k, v
         flops += 2 * 2 * tokens * context * width
     return flops
 
@@ -108,9 +113,15 @@ def text_forward(d: Dims, length: int) -> int:
 
 
 def fusion_forward(d: Dims, length: int) -> int:
+    """One text row through the fusion layers, attending to 1+N image keys whose projections
+    are counted per image (:func:`cross_attention_kv_forward`)."""
     return d.fusion_depth * _attention_layer(length, d.text_width, d.text_mlp,
-                                             context=d.num_patches + 1,
-                                             context_width=d.vision_width)
+                                             context=d.num_patches + 1)
+
+
+def cross_attention_kv_forward(d: Dims, tokens: int) -> int:
+    """Cross-attention keys and values of `tokens` image tokens in every fusion layer."""
+    return d.fusion_depth * 2 * 2 * tokens * d.vision_width * d.text_width
 
 
 def mlm_head_forward(d: Dims, length: int) -> int:
@@ -139,16 +150,19 @@ def stream_forward_flops(d: Dims, stream: str, objectives, *, batch: int, text_l
         total += batch * vision_forward(d)
     pairs = batch * (region_texts if stream == 'region' else 1)
     fusion = fusion_forward(d, text_len)
+    # Per fusion pass: every image's keys/values once; a region text's own token per row.
+    image_kv = batch * cross_attention_kv_forward(d, d.num_patches + 1)
+    region_kv = cross_attention_kv_forward(d, 1) if stream == 'region' else 0
     if 'itc' in objectives or 'itm' in objectives:
         total += pairs * (text_forward(d, text_len) + projection_forward(d))
         total += 2 * pairs * pairs * d.embed_dim  # similarity matrix
     if 'itm' in objectives:
-        total += 3 * pairs * fusion
+        total += 3 * pairs * (fusion + region_kv) + image_kv
     if 'imlm' in objectives:
-        total += pairs * (text_forward(d, text_len) + fusion
-                          + mlm_head_forward(d, predicted(imlm_predictions)))
+        total += pairs * (text_forward(d, text_len) + fusion + region_kv
+                          + mlm_head_forward(d, predicted(imlm_predictions))) + image_kv
     if 'box' in objectives:
-        total += pairs * fusion
+        total += pairs * fusion + image_kv
     return total
 
 

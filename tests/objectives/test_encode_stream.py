@@ -26,12 +26,13 @@ def test_region_pair_view(tiny, make_batch):
     full = np.asarray(model.apply({'params': params}, batch['image'],
                                   method=model.encode_image))  # [2, 1+N, D]
     patch_mask = batch['patch_mask'].reshape(rows, -1)
-    np.testing.assert_allclose(enc['full_image_tokens'], np.repeat(full, 3, axis=0), atol=1e-5)
+    # The image tokens once per image; each text names its image.
+    np.testing.assert_allclose(enc['image_tokens'], full, atol=1e-5)
+    np.testing.assert_array_equal(enc['image_index'], [0, 0, 0, 1, 1, 1])
     # Region token: mean of the box's patch tokens; keys: itself + the box's patches.
     patches = np.repeat(full[:, 1:], 3, axis=0)
     region = (patches * patch_mask[..., None]).sum(1) / patch_mask.sum(1, keepdims=True)
-    np.testing.assert_allclose(enc['image_tokens'][:, 0], region, atol=1e-5)
-    np.testing.assert_allclose(enc['image_tokens'][:, 1:], patches, atol=1e-5)
+    np.testing.assert_allclose(enc['region_token'], region, atol=1e-5)
     np.testing.assert_array_equal(enc['image_mask'][:, 0], 1)
     np.testing.assert_array_equal(enc['image_mask'][:, 1:], patch_mask)
     assert enc['image_embedding'].shape == enc['text_embedding'].shape == (rows, 16)
@@ -45,11 +46,11 @@ def test_only_what_the_objectives_read_is_encoded(tiny, make_batch):
         lambda b: objectives.encode_stream(bound, 'region', b, train=False, objectives=names),
         batch)
     box_only = shapes(('box',))
-    assert 'full_image_tokens' in box_only and 'text_hidden' in box_only
-    assert not {'image_tokens', 'image_embedding', 'text_embedding'} & set(box_only)
+    assert {'image_tokens', 'image_index', 'text_hidden'} <= set(box_only)
+    assert not {'region_token', 'image_mask', 'image_embedding', 'text_embedding'} & set(box_only)
     imlm_only = shapes(('imlm',))
-    assert 'image_tokens' in imlm_only
-    assert not {'text_hidden', 'text_embedding', 'full_image_tokens'} & set(imlm_only)
+    assert {'image_tokens', 'image_index', 'region_token', 'image_mask'} <= set(imlm_only)
+    assert not {'text_hidden', 'text_embedding'} & set(imlm_only)
 
 
 def test_mim_needs_a_mask_token(make_batch):

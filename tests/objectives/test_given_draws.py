@@ -7,6 +7,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from xfm_jax.models import layers
 from xfm_jax.objectives import itm, mim
 
 DRAWS = 4000
@@ -60,8 +61,10 @@ class _StubModel:
     def temperature(self):
         return jnp.float32(0.1)
 
-    def fuse(self, text_hidden, text_mask, image_tokens, image_mask, *, train):
-        del text_mask, image_mask, train
+    def fuse(self, text_hidden, text_mask, image_tokens, image_mask, *, image_rows,
+             first_token, train):
+        del text_mask, image_mask, first_token, train
+        image_tokens = layers.take_rows(image_tokens, image_rows)  # each row's image
         return jnp.concatenate([text_hidden[:, :1], image_tokens[:, :1]], axis=-1)
 
     def itm_logits(self, fused):
@@ -75,6 +78,7 @@ def _enc(batch=4):
                 text_hidden=rng.standard_normal((batch, 3, 1)).astype(np.float32),
                 attention_mask=np.ones((batch, 3), np.int32),
                 image_tokens=rng.standard_normal((batch, 2, 1)).astype(np.float32),
+                image_index=np.arange(batch, dtype=np.int32),
                 image_mask=np.ones((batch, 2), np.int32),
                 image_embedding=emb[0], text_embedding=emb[1])
 

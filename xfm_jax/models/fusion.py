@@ -16,7 +16,13 @@ from xfm_jax.models.text import MLMHead, TextConfig, TransformerLayer
 
 class FusionEncoder(nn.Module):
     """text hidden [B, L, Dt], text mask [B, L], image tokens [B, K, Dv], image mask [B, K]
-    -> fused [B, L, Dt]; position 0 is the multimodal [CLS]."""
+    -> fused [B, L, Dt]; position 0 is the multimodal [CLS].
+
+    Several texts may share an image: ``image_rows`` [G, n] (``layers.take_rows``) maps each
+    text row to a row of image tokens [I, K, Dv], whose cross-attention keys and values are then
+    projected once per image; ``first_token`` [B, Dv] replaces token 0 per text (a region's
+    token). The key mask stays per text row.
+    """
     config: TextConfig  # the text stack's settings; depth = number of fusion layers
     own_mlm_head: bool = False
     causal: bool = False  # text position t attends to positions <= t only (an answer decoder)
@@ -33,10 +39,15 @@ class FusionEncoder(nn.Module):
                 (cfg.vocab_size, cfg.width), layers.dtype_of(cfg.param_dtype))
             self.mlm_head = MLMHead(cfg)
 
-    def __call__(self, text_hidden, text_mask, image_tokens, image_mask, *, train: bool = False):
-        if image_mask.shape != image_tokens.shape[:2]:
-            raise ValueError(f'image mask shape {tuple(image_mask.shape)} does not match image '
-                             f'tokens {tuple(image_tokens.shape)}.')
+    def __call__(self, text_hidden, text_mask, image_tokens, image_mask, *, image_rows=None,
+                 first_token=None, train: bool = False):
+        rows = text_hidden.shape[0] if image_rows is not None else image_tokens.shape[0]
+        if image_mask.shape != (rows, image_tokens.shape[1]):
+            raise ValueError(f'image mask shape {tuple(image_mask.shape)} does not match '
+                             f'{rows} rows of image tokens {tuple(image_tokens.shape)}.')
+        if image_rows is not None and image_rows.size != rows:
+            raise ValueError(f'image_rows {tuple(image_rows.shape)} must index one image per '
+                             f'text row ({rows}).')
         self_bias = layers.padding_bias(text_mask, layers.SELF_ATTENTION_MASK_VALUE)
         if self.causal:  # BERT's decoder mask: (1 - causal * padding) * mask value
             length = text_mask.shape[1]
@@ -45,8 +56,10 @@ class FusionEncoder(nn.Module):
                 self_bias, jnp.where(future, layers.SELF_ATTENTION_MASK_VALUE, 0.0))
         cross_bias = layers.padding_bias(image_mask, layers.CROSS_ATTENTION_MASK_VALUE)
         image_tokens = image_tokens.astype(layers.dtype_of(self.config.dtype))
+        if first_token is not None:
+            first_token = first_token.astype(image_tokens.dtype)
         return self.encoder(text_hidden, jnp.zeros(self.config.depth), self_bias, image_tokens,
-                            cross_bias, deterministic=not train)
+                            cross_bias, image_rows, first_token, deterministic=not train)
 
     def without_cross_attention(self, text_hidden, text_mask, *, train: bool = False):
         """The fusion layers' self-attention and FFN only, for text without an image: X²-VLM's

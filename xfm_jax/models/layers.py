@@ -95,6 +95,23 @@ def layer_norm(eps, *, dtype, param_dtype, name=None):
         bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ('embed',)), name=name)
 
 
+def take_rows(x, index):
+    """Rows of ``x`` [R, ...] picked group by group: ``index`` [G, n] int holds positions inside
+    group g's rows ``x[g * R/G : (g + 1) * R/G]`` -> [G * n, ...].
+
+    Keeping each pick inside its group keeps it on the device that holds the group when the
+    batch is sharded (set G to the number of batch shards, or a multiple). Groups of one row
+    (G == R, every index 0) are a repeat, whose gradient is a sum rather than a scatter.
+    """
+    groups = index.shape[0]
+    if x.shape[0] % groups:
+        raise ValueError(f'take_rows: {x.shape[0]} rows do not split into {groups} groups.')
+    if groups == x.shape[0]:
+        return jnp.repeat(x, index.shape[1], axis=0)
+    grouped = x.reshape(groups, x.shape[0] // groups, *x.shape[1:])
+    return jax.vmap(lambda rows, i: rows[i])(grouped, index).reshape(-1, *x.shape[1:])
+
+
 def padding_bias(mask, value):
     """[B, K] 0/1 key mask -> additive [B, 1, 1, K] float32 attention bias."""
     return (1.0 - mask.astype(jnp.float32))[:, None, None, :] * value
@@ -184,6 +201,11 @@ class MultiHeadAttention(nn.Module):
       x: [B, Q, D] queries.  context: [B, K, Dc] keys/values (defaults to x).
       bias: additive float32 logits bias broadcastable to [B, H, Q, K] (padding masks, relative
         position bias).
+      context_rows: [G, n] int (G * n = B), which context row each query row reads, as
+        ``take_rows`` indexes; the context then has one row per image and its keys/values are
+        projected once per image, not once per query row. None: query row i reads context row i.
+      context_first: [B, Dc] a per-query-row token that replaces context token 0 (a region's
+        token in front of its image's shared patch tokens); projected per row.
     Returns [B, Q, D].
     """
     num_heads: int
@@ -196,7 +218,7 @@ class MultiHeadAttention(nn.Module):
     impl: str = 'einsum'
 
     @nn.compact
-    def __call__(self, x, context=None, bias=None):
+    def __call__(self, x, context=None, bias=None, context_rows=None, context_first=None):
         if self.impl not in ATTENTION_IMPLS:
             raise ValueError(f'model.attention_impl must be one of {ATTENTION_IMPLS}, '
                              f'got {self.impl!r}')
@@ -206,9 +228,15 @@ class MultiHeadAttention(nn.Module):
         proj = functools.partial(dense, (self.num_heads, head_dim), dtype=self.dtype,
                                  param_dtype=self.param_dtype)
         q = proj(('embed', 'heads', 'kv'), use_bias=self.use_bias, name='query')(x)
-        k = proj(('embed', 'heads', 'kv'), use_bias=self.use_bias and self.key_bias,
-                 name='key')(context)
-        v = proj(('embed', 'heads', 'kv'), use_bias=self.use_bias, name='value')(context)
+        key = proj(('embed', 'heads', 'kv'), use_bias=self.use_bias and self.key_bias,
+                   name='key')
+        value = proj(('embed', 'heads', 'kv'), use_bias=self.use_bias, name='value')
+        k, v = key(context), value(context)
+        if context_rows is not None:
+            k, v = take_rows(k, context_rows), take_rows(v, context_rows)
+        if context_first is not None:
+            k = k.at[:, 0].set(key(context_first).astype(k.dtype))
+            v = v.at[:, 0].set(value(context_first).astype(v.dtype))
         q = constrain(q, 'batch', 'length', 'act_heads', 'act_kv')
         k = constrain(k, 'batch', 'length', 'act_heads', 'act_kv')
         v = constrain(v, 'batch', 'length', 'act_heads', 'act_kv')

@@ -71,17 +71,21 @@ class VisionLanguageModel(nn.Module):
         """[B, L] ids and mask -> language encoder hidden states [B, L, Dt]."""
         return self.text_encoder(ids, mask, train=train)
 
-    def fuse(self, text_hidden, text_mask, image_tokens, image_mask=None, *, train: bool = False):
+    def fuse(self, text_hidden, text_mask, image_tokens, image_mask=None, *, image_rows=None,
+             first_token=None, train: bool = False):
         """Language hidden states attend to image tokens -> [B, L, Dt].
 
-        X-FM pre-training feeds the language output through ``stop_gradient`` so that only text
-        MLM and ITC train the language encoder (``model.stop_gradient_text``).
+        ``image_rows`` / ``first_token``: texts sharing images, see ``FusionEncoder``; the
+        image mask is then per text, [B, K]. X-FM pre-training feeds the language output
+        through ``stop_gradient`` so that only text MLM and ITC train the language encoder
+        (``model.stop_gradient_text``).
         """
         if self.stop_gradient_text:
             text_hidden = jax.lax.stop_gradient(text_hidden)
         if image_mask is None:
-            image_mask = jnp.ones(image_tokens.shape[:2], jnp.int32)
-        return self.fusion_encoder(text_hidden, text_mask, image_tokens, image_mask, train=train)
+            image_mask = jnp.ones((text_hidden.shape[0], image_tokens.shape[1]), jnp.int32)
+        return self.fusion_encoder(text_hidden, text_mask, image_tokens, image_mask,
+                                   image_rows=image_rows, first_token=first_token, train=train)
 
     def encode_text_for_mlm(self, ids, mask, *, train: bool = False):
         """The hidden states the text MLM head reads, [B, L] -> [B, L, Dt]. X-FM: the language
@@ -120,7 +124,8 @@ class VisionLanguageModel(nn.Module):
         return self.temp
 
     def region(self, image_tokens, patch_mask):
-        """Region token + box key mask: see ``vision.region_tokens``."""
+        """Region tokens [B*T, Dv] + box key masks [B*T, 1+N] of [B, T, N] patch masks: see
+        ``vision.region_tokens``."""
         return region_tokens(image_tokens, patch_mask)
 
     def __call__(self, images, ids, mask, frames=None, *, train: bool = False):

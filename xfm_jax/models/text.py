@@ -85,14 +85,17 @@ class TransformerLayer(nn.Module):
     """Post-LN layer: self-attn -> [cross-attn over context] -> FFN, each + residual + LN.
 
     __call__(x [B, L, D], _, self_bias [B, 1, 1, L], context [B, K, Dc] | None,
-    context_bias [B, 1, 1, K] | None) -> ([B, L, D], None); the signature fits LayerStack.
+    context_bias [B, 1, 1, K] | None, context_rows, context_first) -> ([B, L, D], None); the
+    signature fits LayerStack. ``context_rows`` / ``context_first``: shared image rows and
+    per-row token 0, see ``layers.MultiHeadAttention``.
     """
     config: TextConfig
     cross_attention: bool = False
     deterministic: bool = True
 
     @nn.compact
-    def __call__(self, x, _unused, self_bias, context=None, context_bias=None):
+    def __call__(self, x, _unused, self_bias, context=None, context_bias=None,
+                 context_rows=None, context_first=None):
         cfg = self.config
         dtype, pdtype = layers.dtype_of(cfg.dtype), layers.dtype_of(cfg.param_dtype)
         dropout = nn.Dropout(cfg.dropout)
@@ -107,7 +110,9 @@ class TransformerLayer(nn.Module):
             deterministic=self.deterministic, impl=cfg.attention_impl, name=name)
         x = sublayer(attention('attention')(x, bias=self_bias), x, 'attention_norm')
         if self.cross_attention:
-            h = attention('cross_attention')(x, context, bias=context_bias)
+            h = attention('cross_attention')(x, context, bias=context_bias,
+                                             context_rows=context_rows,
+                                             context_first=context_first)
             x = sublayer(h, x, 'cross_attention_norm')
         h = layers.Mlp(cfg.mlp_dim, dtype=dtype, param_dtype=pdtype,
                        names=('intermediate', 'output'), name='ffn')(x)

@@ -171,20 +171,21 @@ class VisionTransformer(nn.Module):
 
 
 def region_tokens(image_tokens, patch_mask):
-    """The region path: a box's token and the keys that may attend to it.
+    """The region path: each box's token and the keys that may attend to it.
 
     Args:
       image_tokens: [B, 1+N, D] vision encoder output.
-      patch_mask: [B, N] bool, patches inside the box.
+      patch_mask: [B, T, N] bool, the patches inside each of an image's T boxes.
     Returns:
-      tokens [B, 1+N, D]: the masked mean of the box's patch tokens followed by all patches;
-      key_mask [B, 1+N] int32: 1 for the region token and the box's patches.
+      region [B*T, D]: the masked mean of the box's patch tokens, which stands in for token 0
+        in front of its image's patch tokens (shared by the image's T boxes);
+      key_mask [B*T, 1+N] int32: 1 for the region token and the box's patches.
     """
     patches = image_tokens[:, 1:]
-    weights = patch_mask.astype(jnp.float32)[..., None]
-    count = jnp.maximum(weights.sum(axis=1), 1.0)
-    region = (patches.astype(jnp.float32) * weights).sum(axis=1) / count
-    tokens = jnp.concatenate([region[:, None].astype(patches.dtype), patches], axis=1)
+    weights = patch_mask.astype(jnp.float32)
+    count = jnp.maximum(weights.sum(axis=-1, keepdims=True), 1.0)
+    region = jnp.einsum('btn,bnd->btd', weights, patches.astype(jnp.float32)) / count
     key_mask = jnp.concatenate(
-        [jnp.ones_like(patch_mask[:, :1], jnp.int32), patch_mask.astype(jnp.int32)], axis=1)
-    return tokens, key_mask
+        [jnp.ones_like(patch_mask[..., :1], jnp.int32), patch_mask.astype(jnp.int32)], axis=-1)
+    rows = patch_mask.shape[0] * patch_mask.shape[1]
+    return region.reshape(rows, -1).astype(patches.dtype), key_mask.reshape(rows, -1)

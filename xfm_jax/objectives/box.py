@@ -5,6 +5,8 @@ from __future__ import annotations
 import jax.numpy as jnp
 import ml_collections
 
+from xfm_jax.objectives.encode import fusion_rows
+
 # Guards the divisions of degenerate (zero-area) boxes: a NaN there would reach the gradient
 # even through a zero loss weight.
 _EPS = 1e-9
@@ -51,11 +53,12 @@ def box_loss(predicted, target, weights):
 
 def box(model, enc: dict, batch: dict, rng, settings: ml_collections.ConfigDict):
     """Fusion over (FULL image, region text) -> box head. Reads ``text_hidden``,
-    ``attention_mask``, ``full_image_tokens``, ``box``, ``box_valid`` and ``valid`` (all [B', ...]);
-    whole-image captions and padding texts (box_valid 0) are excluded."""
+    ``attention_mask``, ``box``, ``box_valid`` and ``valid`` (all [B', ...]) and the images
+    (``image_tokens`` [B, 1+N, Dv], ``image_index``); whole-image captions and padding texts
+    (box_valid 0) are excluded."""
     del batch, rng, settings  # the region pair view holds everything
-    fused = model.fuse(enc['text_hidden'], enc['attention_mask'], enc['full_image_tokens'],
-                       train=enc['train'])
+    fused = model.fuse(enc['text_hidden'], enc['attention_mask'],
+                       **fusion_rows(enc, whole_image=True), train=enc['train'])
     l1, giou_loss = box_loss(model.box_prediction(fused), enc['box'],
                              enc['box_valid'] * enc['valid'])
     return l1 + giou_loss, {'box_l1': l1, 'box_giou_loss': giou_loss}

@@ -3,6 +3,9 @@
 Objectives of a pair stream (image_text, region, video) see a flat "pair view" with leading
 dimension ``B'``: one row per (image, text) pair. For region batches a row is one region text
 (``B' = B * K``), its image side the region token and the box's patches; elsewhere ``B' = B``.
+The image tokens stay one row per image (``B``): each pair row names its image
+(``image_index``), so the fusion projects an image's cross-attention keys and values once for
+all the texts that read it.
 """
 
 from __future__ import annotations
@@ -27,9 +30,10 @@ STREAM_OBJECTIVES = {
 _NEEDS = {
     'mlm': frozenset(),
     'itc': frozenset({'image_embedding', 'text_embedding'}),
-    'itm': frozenset({'image_tokens', 'image_embedding', 'text_hidden', 'text_embedding'}),
-    'imlm': frozenset({'image_tokens'}),
-    'box': frozenset({'full_image_tokens', 'text_hidden'}),
+    'itm': frozenset({'image_tokens', 'image_mask', 'image_embedding', 'text_hidden',
+                      'text_embedding'}),
+    'imlm': frozenset({'image_tokens', 'image_mask'}),
+    'box': frozenset({'image_tokens', 'text_hidden'}),
     'mim': frozenset({'image_tokens'}),
 }
 
@@ -71,12 +75,15 @@ def encode_stream(model, stream: str, batch: dict, *, train: bool,
         pair streams: ``valid`` [B'] float (region: text_valid, else ones), ``image_id`` [B']
           int32 (region: repeated per text; video: video_id);
         ``text_hidden`` [B', L, Dt] (unmasked ids), ``text_embedding`` [B', E];
-        ``image_tokens`` [B', 1+N, Dv] and ``image_mask`` [B', 1+N] int32: the pair view's image
-          side (region: region token + all patches, keys = token 0 + the box's patches; video: the
-          frame-pooled tokens; image / image_text: the UNMASKED image, also MIM's target);
-        ``image_embedding`` [B', E] (projection of token 0);
-        region only: ``full_image_tokens`` [B', 1+N, Dv] (whole image repeated per text),
-          ``box`` [B', 4] and ``box_valid`` [B'].
+        ``image_tokens`` [B, 1+N, Dv], ONE ROW PER IMAGE (video: the frame-pooled tokens; image,
+          image_text, region: the UNMASKED image, also MIM's target) and ``image_index`` [B']
+          int32, the image row of each pair row (region: row // K, else row): read them through
+          :func:`fusion_rows`;
+        ``image_mask`` [B', 1+N] int32: each pair's keys (region: token 0 + the box's patches,
+          else all);
+        region only: ``region_token`` [B', Dv], which replaces token 0 of the image for its pair
+          (the masked mean of the box's patches), ``box`` [B', 4] and ``box_valid`` [B'];
+        ``image_embedding`` [B', E] (projection of the pair's token 0: region token or image's).
     """
     if objectives is None:
         objectives = [name for name in STREAM_OBJECTIVES.get(stream, ())
@@ -109,22 +116,45 @@ def encode_stream(model, stream: str, batch: dict, *, train: bool,
     if 'text_embedding' in needs:
         enc['text_embedding'] = model.text_embedding(enc['text_hidden'])
 
-    if needs & {'image_tokens', 'image_embedding', 'full_image_tokens'}:
+    if needs & {'image_tokens', 'image_mask', 'image_embedding'}:
         if stream == 'video':
             tokens = model.encode_video(batch['frames'], train=train)
         else:
             tokens = model.encode_image(batch['image'], train=train)
-        if stream == 'region':
-            # Every text of an image attends to that image: repeat its tokens per text.
-            tokens = jnp.repeat(tokens, texts_per_image, axis=0)
-            if 'full_image_tokens' in needs:
-                enc['full_image_tokens'] = tokens
-            if needs & {'image_tokens', 'image_embedding'}:
-                patch_mask = batch['patch_mask'].reshape(rows, -1)
-                enc['image_tokens'], enc['image_mask'] = model.region(tokens, patch_mask)
-        else:
-            enc['image_tokens'] = tokens
+        enc['image_tokens'] = tokens
+        if stream != 'image':
+            enc['image_index'] = jnp.repeat(jnp.arange(batch_size, dtype=jnp.int32),
+                                            texts_per_image)
+        if stream == 'region' and needs & {'image_mask', 'image_embedding'}:
+            enc['region_token'], enc['image_mask'] = model.region(tokens, batch['patch_mask'])
+        elif stream != 'region':
             enc['image_mask'] = jnp.ones(tokens.shape[:2], jnp.int32)
     if 'image_embedding' in needs:
-        enc['image_embedding'] = model.image_embedding(enc['image_tokens'])
+        first = enc['region_token'][:, None] if stream == 'region' else enc['image_tokens']
+        enc['image_embedding'] = model.image_embedding(first)
     return enc
+
+
+def image_rows(image_index, num_images: int, num_groups: int):
+    """[R] image rows of R fusion rows -> [G, R/G] positions inside each group of
+    ``num_images / G`` images, as ``layers.take_rows`` reads them. Every row's image must lie in
+    its row's group (rows and images split into G contiguous groups alike)."""
+    if num_images % num_groups or image_index.shape[0] % num_groups:
+        raise ValueError(f'{num_images} images and {image_index.shape[0]} fusion rows do not '
+                         f'split into {num_groups} groups (itm.negative_groups or batch shards).')
+    first = jnp.arange(num_groups, dtype=jnp.int32) * (num_images // num_groups)
+    return (image_index.reshape(num_groups, -1) - first[:, None]).astype(jnp.int32)
+
+
+def fusion_rows(enc: dict, *, whole_image: bool = False) -> dict:
+    """The image side of ``model.fuse`` for the pair view's own rows: every image's tokens once
+    (its keys and values projected once for all its texts), each pair's key mask and, for
+    region pairs, the region token in front; ``whole_image``: all of the image's tokens for
+    every pair instead (box regression). Pair rows are image-major, so each image's texts form
+    a group of their own."""
+    num_images = enc['image_tokens'].shape[0]
+    side = dict(image_tokens=enc['image_tokens'],
+                image_rows=image_rows(enc['image_index'], num_images, num_images))
+    if not whole_image:
+        side.update(image_mask=enc['image_mask'], first_token=enc.get('region_token'))
+    return side

@@ -5,17 +5,17 @@ from __future__ import annotations
 
 import ml_collections
 
+from xfm_jax.objectives.encode import fusion_rows
 from xfm_jax.objectives.mlm import masked_lm_loss, masked_positions
 
 
 def imlm(model, enc: dict, batch: dict, rng, settings: ml_collections.ConfigDict):
     """Reads the pair view: ``masked_ids``, ``attention_mask``, ``mlm_targets``, ``mlm_weights``
-    [B', L], ``image_tokens`` [B', 1+N, Dv], ``image_mask`` and ``valid`` [B']. X-FM's
-    stop-gradient on the language output lives in ``model.fuse``."""
+    [B', L], ``valid`` [B'] and the image side (``encode.fusion_rows``). X-FM's stop-gradient on
+    the language output lives in ``model.fuse``."""
     del batch, rng  # the masks come with the data
     hidden = model.encode_text(enc['masked_ids'], enc['attention_mask'], train=enc['train'])
-    fused = model.fuse(hidden, enc['attention_mask'], enc['image_tokens'], enc['image_mask'],
-                       train=enc['train'])
+    fused = model.fuse(hidden, enc['attention_mask'], **fusion_rows(enc), train=enc['train'])
     weights = enc['mlm_weights'] * enc['valid'][:, None]  # padding region texts carry no loss
     fused, targets, weights = masked_positions(fused, enc['mlm_targets'], weights,
                                                settings.get('max_predictions', 0))

@@ -22,6 +22,8 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from xfm_jax.models import layers
+from xfm_jax.objectives.encode import image_rows
 from xfm_jax.objectives.itc import similarity
 
 
@@ -82,13 +84,6 @@ def sample_negatives(rng, image_embedding, text_embedding, temperature, image_id
             allowed.any(axis=-1).reshape(-1))
 
 
-def _take_in_groups(x, index, num_groups: int):
-    """x[index] for indices that stay in their row's group, gathered group by group."""
-    group_size = x.shape[0] // num_groups
-    local = _grouped(index % group_size, num_groups)
-    return jax.vmap(lambda xs, i: xs[i])(_grouped(x, num_groups), local).reshape(x.shape)
-
-
 def _interleave(*xs):
     """k arrays [B, ...] -> [B*k, ...] with row i's k entries adjacent, so rows stay on the
     device that holds row i (a concatenation would move data across batch shards)."""
@@ -98,9 +93,9 @@ def _interleave(*xs):
 def itm(model, enc: dict, batch: dict, rng, settings: ml_collections.ConfigDict,
         negatives=None):
     """Binary match CE over B' positives, B' (text, negative image) and B' (negative text, image)
-    pairs run through the fusion encoder. Reads the pair view: ``image_tokens``, ``image_mask``,
-    ``text_hidden``, ``attention_mask``, ``image_embedding``, ``text_embedding``, ``image_id``,
-    ``valid``. ``rng`` draws the negatives (``settings.negatives`` says which are allowed).
+    pairs run through the fusion encoder. Reads the pair view: ``image_tokens``, ``image_index``,
+    ``image_mask``, ``region_token`` (region), ``text_hidden``, ``attention_mask``,
+    ``image_embedding``, ``text_embedding``, ``image_id``, ``valid``. ``rng`` draws the negatives (``settings.negatives`` says which are allowed).
 
     ``negatives``: given draws instead, ``(neg_text_for_image, neg_image_for_text)`` [B'] int
     batch indices (each inside its row's group of ``settings.negative_groups``), e.g. to replay
@@ -119,15 +114,22 @@ def itm(model, enc: dict, batch: dict, rng, settings: ml_collections.ConfigDict,
             raise ValueError(f'ITM: given negatives {neg_text.shape}, {neg_image.shape} must '
                              f'have one index per pair, {valid.shape}.')
         has_negative = jnp.ones(valid.shape, bool)
+    group_size = _grouped(valid, groups).shape[1]
+    take = lambda x, index: layers.take_rows(  # noqa: E731
+        x, _grouped(index % group_size, groups))
+    both = lambda x, index: _interleave(x, take(x, index), x)  # noqa: E731
     text_hidden, text_mask = enc['text_hidden'], enc['attention_mask']
-    image_tokens, image_mask = enc['image_tokens'], enc['image_mask']
-    take = lambda x, index: _take_in_groups(x, index, groups)  # noqa: E731
     # Per row i: (text i, image i) match; (text i, its negative image); (its negative text, image i).
+    # An image's tokens stay one row: each fusion row names its image (a negative names the
+    # image of its pair), so its keys and values are projected once for every row reading it.
+    region_token = enc.get('region_token')
     fused = model.fuse(
         _interleave(text_hidden, text_hidden, take(text_hidden, neg_text)),
         _interleave(text_mask, text_mask, take(text_mask, neg_text)),
-        _interleave(image_tokens, take(image_tokens, neg_image), image_tokens),
-        _interleave(image_mask, take(image_mask, neg_image), image_mask),
+        enc['image_tokens'], both(enc['image_mask'], neg_image),
+        image_rows=image_rows(both(enc['image_index'], neg_image),
+                              enc['image_tokens'].shape[0], groups),
+        first_token=None if region_token is None else both(region_token, neg_image),
         train=enc['train'])
     logits = model.itm_logits(fused)  # [3B', 2]
     ones, zeros = jnp.ones_like(valid, jnp.int32), jnp.zeros_like(valid, jnp.int32)
