@@ -7,6 +7,7 @@ import dataclasses
 import io
 import os
 
+import flax.linen
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -225,10 +226,39 @@ def test_answer_of_a_generative_vqa_finetune(model, params, run_config, tmp_path
     np.testing.assert_allclose(finetuned.answer_scores(pixels, QUESTION, ANSWERS)[0], want,
                                rtol=1e-4)
     assert not np.allclose(want, model.answer_scores(pixels, QUESTION, ANSWERS)[0], rtol=1e-3)
-    config.task.head = 'classifier'
-    classifier = dataclasses.replace(finetuned, config=config)
-    with pytest.raises(ValueError, match="'classifier' head, whose answer list"):
-        classifier.answer(pixels, QUESTION, ANSWERS)
+
+
+def test_answer_of_a_classifier_vqa_finetune(model, params, run_config, tmp_path):
+    """A classifier-head fine-tune answers from the answer list stored with it: log-softmax of
+    its head's logits, checked against the task module applied on one device."""
+    from xfm_jax.finetuning import vqa
+    config = run_config.copy_and_resolve_references()
+    config.task = dict(name='vqa', head='classifier', text_len=24)
+    answers = ['red', 'blue', 'two', 'circle']
+    pixels = model.preprocess(_images(2))
+    ids = model.tokenize([QUESTION] * 2, 24)
+    batch = {'image': pixels, 'input_ids': ids, 'attention_mask': ids != model.module.text.pad_id}
+    host = jax.device_get(params)
+    head = vqa.VqaClassifier(model.module, len(answers)).init(jax.random.key(1), batch)['params']
+    head = jax.device_get(flax.linen.unbox({k: v for k, v in head.items() if k != 'model'}))
+    description = {'format': 'xfm', 'model': config.model.to_dict(), 'task': 'vqa',
+                   **checkpoint.describe_run(config)}
+    checkpoint.save_params(tmp_path / 'old', {'params': host, 'task': head}, description)
+    with pytest.raises(ValueError, match='does not store its answer list'):
+        xfm_jax.load(tmp_path / 'old').answer(pixels[:1], QUESTION)
+    checkpoint.save_params(tmp_path / 'new', {'params': host, 'task': head},
+                           {**description, 'label_names': answers})
+    tuned = xfm_jax.load(tmp_path / 'new')
+    assert tuned.answers == tuple(answers) and tuned.answer_decoder == 'fine-tuned classifier'
+    logits = vqa.VqaClassifier(model.module, len(answers)).apply(
+        {'params': {'model': host, **head}}, batch)
+    want = np.asarray(jax.nn.log_softmax(logits, axis=1))
+    np.testing.assert_allclose(tuned.answer_scores(pixels, QUESTION), want, atol=1e-5)
+    np.testing.assert_allclose(tuned.answer_scores(pixels, QUESTION, ['two', 'red']),
+                               want[:, [2, 0]], atol=1e-5)
+    assert tuned.answer(pixels[:1], QUESTION) == answers[int(np.argmax(want[0]))]
+    with pytest.raises(ValueError, match=r"\['green'\] are not among the 4 answers"):
+        tuned.answer(pixels[:1], QUESTION, ['red', 'green'])
 
 
 def test_converted_checkpoint(model, params, run_config, tmp_path):

@@ -25,6 +25,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+import flax.linen
 import jax
 import ml_collections
 import numpy as np
@@ -311,12 +312,10 @@ class Model:
         comes from): a generative VQA fine-tune's decoder, else one started from the fusion
         encoder and its MLM head as generative fine-tuning starts (untrained for answers)."""
         from xfm_jax.models import decoder
-        task = self.config.get('task') if (self.location.description or {}).get('task') else None
-        if task is not None and task.get('name') == 'vqa' and task.head != 'generative':
-            raise ValueError(
-                f'{self.location.tree}: a VQA fine-tune with the {task.head!r} head, whose answer '
-                'list (the commonest answers of its training data) the checkpoint does not store; '
-                'answer() needs a generative VQA fine-tune or a pre-trained checkpoint.')
+        task = self._vqa_task
+        if task is not None and task.head != 'generative':
+            raise ValueError(f'{self.location.tree}: a VQA fine-tune with the {task.head!r} '
+                             'head answers through its classifier, not a decoder.')
         try:
             derived = jax.jit(lambda p: {'decoder': decoder.params_from_model(
                 p, bool(self.module.own_fusion_mlm_head))})(self.params)
@@ -336,18 +335,66 @@ class Model:
             return {**params, **own}, int(task.answer_len), 'fine-tuned decoder'
         return params, None, 'decoder started from the fusion encoder (not fine-tuned)'
 
+    @functools.cached_property
+    def _vqa_task(self):
+        """``config.task`` of a VQA fine-tuning output, else None."""
+        task = self.config.get('task') if (self.location.description or {}).get('task') else None
+        return task if task is not None and task.get('name') == 'vqa' else None
+
+    @functools.cached_property
+    def _vqa_classifier(self) -> tuple[Any, tuple[str, ...]]:
+        """(params {'model', 'head'}, answers) of a classifier-head VQA fine-tune: the answers
+        are its training data's commonest, stored with it as ``label_names``."""
+        from xfm_jax.finetuning import vqa
+        answers = tuple((self.location.description or {}).get('label_names') or ())
+        if not answers:
+            raise ValueError(f'{self.location.tree}: a classifier-head VQA fine-tune that does not '
+                             'store its answer list (written before fine-tuning outputs did); '
+                             'fine-tune again to answer with it.')
+        side = self.image_size
+        sample = {'image': np.zeros((1, side, side, 3), np.float32),
+                  'input_ids': np.zeros((1, 4), np.int32), 'attention_mask': np.ones((1, 4), bool)}
+        abstract = jax.eval_shape(lambda: vqa.VqaClassifier(self.module, len(answers)).init(
+            jax.random.key(0), sample))['params']
+        own = flax.linen.unbox({k: v for k, v in abstract.items() if k != 'model'})
+        replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
+        head = checkpoint.restore_task_params(self.location, 'vqa', own,
+                                              jax.tree.map(lambda _: replicated, own))
+        if head is None:
+            raise ValueError(f'{self.location.tree}: the stored VQA classifier does not match '
+                             f'{len(answers)} answers on this model.')
+        return {'model': self.params, **head}, answers
+
+    @property
+    def answers(self) -> tuple[str, ...]:
+        """The answers a classifier-head VQA fine-tune chooses from; () for any other model
+        (whose :meth:`answer` ranks the candidates it is given)."""
+        task = self._vqa_task
+        return self._vqa_classifier[1] if task is not None and task.head != 'generative' else ()
+
     @property
     def answer_decoder(self) -> str:
-        """Which answer decoder :meth:`answer_scores` uses (a fine-tuned one or not)."""
+        """What :meth:`answer_scores` uses: a fine-tuned classifier or decoder, or the decoder
+        started from the fusion encoder."""
+        task = self._vqa_task
+        if task is not None and task.head != 'generative':
+            return 'fine-tuned classifier'
         return self._vqa[2]
 
     def answer_scores(self, images: Images, question: str,
-                      candidates: Sequence[str]) -> np.ndarray:
+                      candidates: Sequence[str] | None = None) -> np.ndarray:
         """-> float32 [N, A] log-likelihood of each candidate answer to ``question`` about each
-        image, by the answer decoder (``finetuning.vqa.VqaGenerator``, every candidate scored in
-        full). The decoder is a generative VQA fine-tune's, or (any other checkpoint) the one
-        generative fine-tuning starts from: the fusion encoder and its MLM head, which ranks
-        answers as a language model conditioned on the image, never trained to answer."""
+        image. A classifier-head VQA fine-tune scores its own answers (log-softmax of its
+        logits; ``candidates``, default all of :attr:`answers`, must be among them). Otherwise
+        the answer decoder (``finetuning.vqa.VqaGenerator``) scores every candidate in full: a
+        generative VQA fine-tune's, or (any other checkpoint) the one generative fine-tuning
+        starts from: the fusion encoder and its MLM head, which ranks answers as a language
+        model conditioned on the image, never trained to answer."""
+        if self.answers:
+            return self._classifier_scores(images, question, candidates)
+        if not candidates:
+            raise ValueError('answer_scores needs candidates: this model has no answer list '
+                             '(only a classifier-head VQA fine-tune has one).')
         params, answer_len, _ = self._vqa
         question_len = int(self.config.task.text_len) if answer_len else self.text_len
         pixels = self.preprocess(images)
@@ -366,12 +413,39 @@ class Model:
             {'image': pixels, 'input_ids': ids, 'attention_mask': self._mask(ids)}),
             'api: answers', params=params).astype(np.float32)
 
-    def answer(self, image: Images, question: str, candidates: Sequence[str]) -> str:
-        """The candidate answer with the highest :meth:`answer_scores` for one image."""
+    def _classifier_scores(self, images, question, candidates):
+        params, answers = self._vqa_classifier
+        index = {a: i for i, a in enumerate(answers)}
+        candidates = list(answers if candidates is None else candidates)
+        if unknown := [c for c in candidates if c not in index]:
+            raise ValueError(f'{unknown[:3]} are not among the {len(answers)} answers this VQA '
+                             f'classifier chooses from (e.g. {list(answers[:5])}; model.answers '
+                             'lists them).')
+        question_len = int(self._vqa_task.get('text_len', self.text_len))
+        pixels = self.preprocess(images)
+        ids = self.tokenize([question] * len(pixels), question_len)
+        logits = self._map(_classifier(self.module, len(answers)), len(pixels), batching.take(
+            {'image': pixels, 'input_ids': ids, 'attention_mask': self._mask(ids)}),
+            'api: answers', params=params).astype(np.float32)
+        log_probs = logits - np.logaddexp.reduce(logits, axis=1, keepdims=True)
+        return log_probs[:, [index[c] for c in candidates]]
+
+    def answer(self, image: Images, question: str,
+               candidates: Sequence[str] | None = None) -> str:
+        """The candidate answer with the highest :meth:`answer_scores` for one image
+        (candidates: default, a classifier fine-tune's :attr:`answers`)."""
         scores = self.answer_scores(image, question, candidates)
         if len(scores) != 1:
             raise ValueError(f'answer takes one image, got {len(scores)}; use answer_scores.')
-        return candidates[int(np.argmax(scores[0]))]
+        return list(candidates or self.answers)[int(np.argmax(scores[0]))]
+
+
+@functools.lru_cache(maxsize=16)
+def _classifier(module: VisionLanguageModel, num_answers: int):
+    """Jitted (params, batch) -> [B, A] logits of a VQA classifier head."""
+    from xfm_jax.finetuning import vqa
+    classifier = vqa.VqaClassifier(module, num_answers)
+    return jax.jit(lambda params, batch: classifier.apply({'params': params}, batch))
 
 
 @functools.lru_cache(maxsize=16)

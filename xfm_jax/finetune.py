@@ -76,12 +76,13 @@ def own_params(params):
 
 
 def save_params(workdir, config, params, mesh, rules,
-                init: checkpoint.Location | None) -> str:
+                init: checkpoint.Location | None, label_names=()) -> str:
     """Writes the fine-tuned ``params`` as ``workdir/params`` beside ``model_config.json`` (the
     layout of a converted checkpoint, with this run's config and vocabulary: see
     ``checkpoint.save_params``). Under 'params' the WHOLE ``VisionLanguageModel`` (so the
     evaluators can run on it): fine-tuned where the task used it, elsewhere as read from
-    ``init`` (random initialisation without one); under 'task' the task's own params. Returns
+    ``init`` (random initialisation without one); under 'task' the task's own params;
+    ``label_names`` (a classifier's outputs, e.g. VQA's answers) in the description. Returns
     the params directory."""
     model = build_model(config.model)
     whole = partitioning.random_params(model, mesh, rules, config.train.seed)
@@ -94,6 +95,8 @@ def save_params(workdir, config, params, mesh, rules,
         tree['task'] = own_params(params)
     description = {'format': config.model.family, 'model': config.model.to_dict(),
                    'task': config.task.name, **checkpoint.describe_run(config)}
+    if label_names:
+        description['label_names'] = list(label_names)
     return os.fspath(checkpoint.save_params(workdir, tree, description))
 
 
@@ -296,7 +299,8 @@ def finetune(config, workdir: str, init: str | None = None,
     writer.flush()
 
     # ---- save ----------------------------------------------------------------------------------
-    saved = (save_params(workdir, config, state.params, mesh, rules, location)
+    saved = (save_params(workdir, config, state.params, mesh, rules, location,
+                         train_set.label_names)
              if config.train.save_params else None)
     init_step = location.step if location else 0
     directory = os.fspath(location.tree) if location else None

@@ -8,7 +8,8 @@ import jax
 import numpy as np
 import pytest
 
-from xfm_jax import curves, finetune
+from xfm_jax import checkpoint, curves, finetune
+from xfm_jax.data.builders import synthetic
 
 
 def _losses(out):
@@ -27,9 +28,13 @@ def _assert_learns(out, metric):
                                   'image_classification',
                                   pytest.param('nlvr', marks=pytest.mark.slow)])
 def test_classification_tasks_learn(name, tiny_config, tmp_path):
-    out = finetune.finetune(tiny_config(name), str(tmp_path))
+    out = finetune.finetune(tiny_config(name, save_params=True), str(tmp_path))
     _assert_learns(out, 'accuracy')
     assert 'chance/accuracy' in out['eval']
+    with open(tmp_path / checkpoint.PARAMS_CONFIG) as f:  # the classifier's outputs, named
+        label_names = json.load(f)['label_names']
+    if name == 'image_classification':  # the synthetic scenes' largest shape
+        assert label_names == list(synthetic.SHAPES)
     with open(tmp_path / finetune.RESULTS) as f:
         written = json.load(f)
     assert written['eval'] == out['eval'] and written['task'] == tiny_config(name).task.name
