@@ -233,7 +233,9 @@ class MultiHeadAttention(nn.Module):
         value = proj(('embed', 'heads', 'kv'), use_bias=self.use_bias, name='value')
         k, v = key(context), value(context)
         if context_rows is not None:
-            k, v = take_rows(k, context_rows), take_rows(v, context_rows)
+            # Picked in fp32: their gradient sums over an image's rows, in fp32 under bf16.
+            k, v = (take_rows(t.astype(jnp.float32), context_rows).astype(self.dtype)
+                    for t in (k, v))
         if context_first is not None:
             k = k.at[:, 0].set(key(context_first).astype(k.dtype))
             v = v.at[:, 0].set(value(context_first).astype(v.dtype))
