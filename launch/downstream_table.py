@@ -2,8 +2,11 @@ r"""The README's downstream table: the main job's checkpoint next to the same mo
 initialisation and to chance, on synthetic retrieval and grounding, Fashion-MNIST (linear probe,
 MLP probe, zero-shot), easy-VQA and movie-review sentiment.
 
-    bash launch/local.sh                                  # the main job -> runs/quickstart
-    python launch/downstream_table.py --pretrained=runs/quickstart --out=runs/downstream
+    WORKDIR=runs/tiny bash launch/local.sh --config=configs/xfm_base.py:runlocal   # tiny X-FM
+    python launch/downstream_table.py --pretrained=runs/tiny --out=runs/downstream
+
+The table is of the tiny model (``runlocal``), whose random-init arms the fine-tuning configs'
+``tiny`` presets build; the main job's miniature (``mini``) has no random-init twin there yet.
 
 Each job is one ``xfm_jax.evaluate`` or ``xfm_jax.finetune`` command (printed before it runs, its
 output in ``OUT/<job>/log.txt``), run twice: with the pre-trained parameters and from random
@@ -153,7 +156,7 @@ def fmt(value) -> str:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('--pretrained', default='runs/quickstart',
+    parser.add_argument('--pretrained', default='runs/tiny',
                         help='pre-training workdir (its newest checkpoint is used)')
     parser.add_argument('--out', default='runs/downstream')
     parser.add_argument('--jobs', default=','.join(j.name for j in JOBS),
@@ -163,7 +166,8 @@ def main():
     steps = sorted(int(d) for d in os.listdir(checkpoints) if d.isdigit()) if os.path.isdir(
         checkpoints) else []
     if not steps:
-        sys.exit(f'No checkpoint in {checkpoints}: run the main job first (bash launch/local.sh).')
+        sys.exit(f'No checkpoint in {checkpoints}: pre-train first (WORKDIR={args.pretrained} bash '
+                 'launch/local.sh --config=configs/xfm_base.py:runlocal).')
     checkpoint = os.path.abspath(os.path.join(checkpoints, str(steps[-1])))
     wanted = set(args.jobs.split(','))
     unknown = wanted - {j.name for j in JOBS}
