@@ -12,6 +12,7 @@ examples/s per stream, analytic model FLOPs per step and MFU against the device'
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import time
@@ -61,9 +62,6 @@ def benchmark(config):
     rules = partitioning.get_rules(config.partitioning.rules)
     model = build_model(config.model)
     tx, schedule = ts.make_optimizer(config)
-    init_fn = ts.unboxed_state_init(model, tx)
-    abstract = jax.eval_shape(lambda r: ts.create_train_state(model, tx, r), jax.random.key(0))
-    state_sh = partitioning.state_shardings(abstract, mesh, rules)
     batches, sizes = synthetic_streams(config, flags.FLAGS.batch_scale, names)
     device = jax.devices()[0]
     print(f'devices: {jax.device_count()} x {device.device_kind}; mesh {dict(mesh.shape)}; '
@@ -71,7 +69,9 @@ def benchmark(config):
     print('batch: ' + ', '.join(f'{s}={v["batch"]}' for s, v in sizes.items()))
 
     # Init outside the rules context: DenseGeneral boxes its flat kernel before reshaping.
-    state = jax.jit(init_fn, out_shardings=state_sh)(jax.random.key(0))
+    setup = partitioning.setup_state(functools.partial(ts.create_train_state, model, tx), mesh,
+                                     rules)
+    state, state_sh = setup.state, setup.shardings
     with partitioning.sharding_context(mesh, rules):
         batch = partitioning.shard_batch(batches, mesh)
         step = ts.make_train_step(model, config, tx, schedule,
