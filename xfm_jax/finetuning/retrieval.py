@@ -35,6 +35,7 @@ class RetrievalModel(nn.Module):
         ones = jnp.ones(mask.shape[:1], jnp.float32)
         # The pair view the objectives read (objectives/encode.py), one row per caption.
         enc = {'train': train, 'image_tokens': image_tokens,
+               'image_index': jnp.arange(image_tokens.shape[0], dtype=jnp.int32),  # own image
                'image_mask': jnp.ones(image_tokens.shape[:2], jnp.int32),
                'text_hidden': text_hidden, 'attention_mask': mask,
                'image_embedding': model.image_embedding(image_tokens),
