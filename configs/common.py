@@ -282,7 +282,8 @@ def run_config(family: str, model: ml_collections.ConfigDict, arg: str) -> ml_co
         config.train.log_every = 10
         config.checkpoint.every_steps = 50
     elif arg in ('mini', 'captions'):
-        mini_model(config.model, pretrained_text_dir())
+        model_dir = pretrained_text_dir()
+        mini_model(config.model, model_dir)
         tiny_batches(config)
     elif arg:
         raise ValueError(f"Unknown config preset {arg!r}; expected '', 'tiny', 'mini', "
@@ -295,7 +296,7 @@ def run_config(family: str, model: ml_collections.ConfigDict, arg: str) -> ml_co
     if arg == 'captions':  # the user's pairs replace the synthetic streams
         _own_captions(config)
     if arg in ('mini', 'captions'):
-        _mini_recipe(config)
+        _mini_recipe(config, model_dir)
     if arg in ('runlocal', 'runlocal_real'):
         # The synthetic captions name colours, sizes and every shape: keep the crops large and
         # the colours intact so that the augmented image still matches its text.
@@ -336,10 +337,9 @@ def _own_captions(config: ml_collections.ConfigDict) -> None:
     config.evaluate.evaluators = 'retrieval'
 
 
-def _mini_recipe(config: ml_collections.ConfigDict) -> None:
+def _mini_recipe(config: ml_collections.ConfigDict, model_dir: str) -> None:
     """The open-vocabulary miniature (preset 'mini'): the pretrained language tower's WordPiece
     vocabulary and weights, 64 px synthetic scenes, minutes on a 2-core CPU."""
-    model_dir = pretrained_text_dir()
     config.data.vocab.update(kind='wordpiece', path=os.path.join(model_dir, 'vocab.txt'))
     config.train.init_from = os.path.join(model_dir, 'model.safetensors')
     if config.model.family == 'x2vlm':  # text layers 0..T-1, fusion layers from the rest

@@ -18,11 +18,9 @@ from clu import metrics as clu_metrics
 import jax
 import numpy as np
 
-TRAIN, EVAL = 'train/', 'eval/'
+from xfm_jax.objectives import itm
 
-# objectives/itm.py scores each positive pair against two negatives: its text with a hard
-# negative image, and a hard negative text with its image.
-ITM_NEGATIVES = 2
+TRAIN, EVAL = 'train/', 'eval/'
 
 
 @jax.jit
@@ -55,7 +53,7 @@ class WindowAverage:
         self._window = None
 
 
-def itm_prior(negatives: int = ITM_NEGATIVES) -> dict[str, float]:
+def itm_prior(negatives: int = itm.NEGATIVES_PER_POSITIVE) -> dict[str, float]:
     """What ITM scores without looking at the pair, with 1 positive : ``negatives`` negatives:
     ``prior_accuracy`` (always 'no match') and ``prior_loss``, the cross-entropy of predicting
     the label frequencies, i.e. the entropy of the split (0.6365 for 2 negatives)."""

@@ -55,6 +55,15 @@ def _beit2_state_dict(layout: str, grid: int, shared_table: bool = False, seed: 
     return sd
 
 
+def hf_text_config(config_class, text, **extra):
+    """An HF BERT / RoBERTa config of the sizes of ``text`` (a ``model.text`` config)."""
+    return config_class(
+        vocab_size=text.vocab_size, hidden_size=text.width, num_hidden_layers=text.depth,
+        num_attention_heads=text.num_heads, intermediate_size=text.mlp_dim,
+        max_position_embeddings=text.max_positions,
+        **{'type_vocab_size': text.type_vocab_size, **extra})
+
+
 def _save(path, state_dict, wrapper='model'):
     tensors = {k: torch.from_numpy(v) for k, v in state_dict.items()}
     torch.save({wrapper: tensors} if wrapper else tensors, path)
@@ -112,11 +121,8 @@ def test_both_towers_convert_into_the_names_of_the_whole_model(tmp_path, capsys)
     config = xfm_base.get_config('tiny').model
     _save(tmp_path / 'beitv2_tiny_pt1k.pth', _beit2_state_dict('pt', grid=3))
     text = config.text
-    hf = transformers.RobertaConfig(
-        vocab_size=text.vocab_size, hidden_size=text.width, num_hidden_layers=text.depth,
-        num_attention_heads=text.num_heads, intermediate_size=text.mlp_dim,
-        max_position_embeddings=text.max_positions, type_vocab_size=text.type_vocab_size,
-        pad_token_id=text.pad_id, layer_norm_eps=text.ln_eps)
+    hf = hf_text_config(transformers.RobertaConfig, text, pad_token_id=text.pad_id,
+                        layer_norm_eps=text.ln_eps)
     (tmp_path / 'roberta').mkdir()
     hf.to_json_file(str(tmp_path / 'roberta' / 'config.json'))
     torch.save(transformers.RobertaForMaskedLM(hf).state_dict(),
@@ -165,10 +171,7 @@ def test_x2vlm_start_copies_text_layers_into_the_fusion_layers(tmp_path):
     config = x2vlm_base.get_config('tiny').model
     _save(tmp_path / 'beitv2_tiny.pth', _beit2_state_dict('timm', grid=4))
     text = config.text
-    hf = transformers.BertConfig(
-        vocab_size=text.vocab_size, hidden_size=text.width, num_hidden_layers=text.depth,
-        num_attention_heads=text.num_heads, intermediate_size=text.mlp_dim,
-        max_position_embeddings=text.max_positions, type_vocab_size=text.type_vocab_size)
+    hf = hf_text_config(transformers.BertConfig, text)
     (tmp_path / 'bert').mkdir()
     hf.to_json_file(str(tmp_path / 'bert' / 'config.json'))
     bert = transformers.BertForMaskedLM(hf).state_dict()

@@ -10,6 +10,7 @@ import safetensors.numpy
 import transformers
 
 from configs import xfm_base
+from tests.convert.test_beit2 import hf_text_config
 from xfm_jax import checkpoint
 from xfm_jax.convert import files, tree
 from xfm_jax.convert.__main__ import main
@@ -20,10 +21,7 @@ from xfm_jax.models import model as vlm
 def bert_file(tmp_path):
     """A random HF BERT (the tiny model's text sizes) as model.safetensors + config.json."""
     text = xfm_base.get_config('tiny').model.text
-    hf = transformers.BertConfig(
-        vocab_size=text.vocab_size, hidden_size=text.width, num_hidden_layers=text.depth,
-        num_attention_heads=text.num_heads, intermediate_size=text.mlp_dim,
-        max_position_embeddings=text.max_positions, type_vocab_size=1)
+    hf = hf_text_config(transformers.BertConfig, text, type_vocab_size=1)
     directory = tmp_path / 'bert'
     directory.mkdir()
     hf.to_json_file(str(directory / 'config.json'))

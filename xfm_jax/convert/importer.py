@@ -50,9 +50,10 @@ def _check_format(given: str | None, keys, hf_config) -> str:
     return given or detected
 
 
-def _convert(path, fmt, args, allow_missing=()):
-    """One checkpoint file -> (params, model_config, reference_config, report)."""
-    state_dict, reference_config, hf_config = files.read_checkpoint(path)  # errors name path
+def _convert(path, fmt, args, allow_missing=(), read=None):
+    """One checkpoint file (``read``: its ``files.read_checkpoint`` result, when the caller
+    has read it already) -> (params, model_config, reference_config, report)."""
+    state_dict, reference_config, hf_config = read or files.read_checkpoint(path)  # names path
     try:
         return _convert_state_dict(state_dict, reference_config, hf_config, fmt, args,
                                    allow_missing)
@@ -103,11 +104,13 @@ def _fusion_from_text(text_params, layer_range: str, scanned: bool) -> dict:
     return tree.unflatten(tree.stack_layers(fusion) if scanned else fusion)
 
 
-def import_checkpoint(output, args: ImportOptions) -> None:
+def import_checkpoint(output, args: ImportOptions, read: dict | None = None) -> None:
     """Converts ``args.input`` and/or ``args.text_input`` into the params output ``output``.
 
     ``text_input`` alone writes a language tower (with ``fusion_from_text_layers``, fusion layers
-    too) named as in the whole model, for ``train.init_from``."""
+    too) named as in the whole model, for ``train.init_from``. ``read``: {path: its
+    ``files.read_checkpoint`` result} for files the caller has read already."""
+    read = read or {}
     if args.fusion_from_text_layers and not args.text_input:
         raise ValueError('--fusion_from_text_layers copies layers of --text_input, which is not '
                          'given.')
@@ -117,7 +120,7 @@ def import_checkpoint(output, args: ImportOptions) -> None:
     params, saved, reports = {}, dict(format=TOWERS, towers={}), []
     if args.input is not None:
         fmt, vision, model_config, reference_config, report = _convert(
-            args.input, args.format, args, allow_missing)
+            args.input, args.format, args, allow_missing, read.get(str(args.input)))
         reports.append(report)
         if args.text_input and fmt not in _VISION_FORMATS:
             raise ValueError(f'--text_input pairs a vision tower ({_VISION_FORMATS}) with a '
@@ -131,7 +134,7 @@ def import_checkpoint(output, args: ImportOptions) -> None:
                                                      file=str(args.input))
     if args.text_input:
         text_fmt, text_params, text_model, _, text_report = _convert(
-            args.text_input, args.text_format, args)
+            args.text_input, args.text_format, args, read=read.get(str(args.text_input)))
         reports.append(text_report)
         if text_fmt not in TEXT_FORMATS:
             raise ValueError(f'{args.text_input}: --text_input takes {TEXT_FORMATS}, not '
@@ -173,13 +176,13 @@ def cached_import(path: paths.PathLike, cache_dir: paths.PathLike,
     output = paths.resolve(cache_dir) / f'{path.stem}-{key}'
     if (output / files.MODEL_CONFIG).exists():
         return output
-    state_dict, _, hf_config = files.read_checkpoint(path)
-    text = formats.detect_format(state_dict.keys(), hf_config) in TEXT_FORMATS
+    loaded = files.read_checkpoint(path)  # read once: the format decides how it converts
+    text = formats.detect_format(loaded[0].keys(), loaded[2]) in TEXT_FORMATS
     print(f'converting {path} into {output} (once; later runs read the conversion)')
     if fusion_from_text_layers and not text:
         raise ValueError(f'{path}: fusion layers are copied from the text layers of an HF BERT / '
                          f'RoBERTa file; this is not one.')
     import_checkpoint(output, ImportOptions(
         input=None if text else str(path), text_input=str(path) if text else None,
-        fusion_from_text_layers=fusion_from_text_layers or None))
+        fusion_from_text_layers=fusion_from_text_layers or None), read={str(path): loaded})
     return output

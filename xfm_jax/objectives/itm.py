@@ -84,6 +84,11 @@ def sample_negatives(rng, image_embedding, text_embedding, temperature, image_id
             allowed.any(axis=-1).reshape(-1))
 
 
+# Each positive pair is scored against two negatives: its text with a hard negative image, and a
+# hard negative text with its image (the three rows :func:`itm` interleaves).
+NEGATIVES_PER_POSITIVE = 2
+
+
 def _interleave(*xs):
     """k arrays [B, ...] -> [B*k, ...] with row i's k entries adjacent, so rows stay on the
     device that holds row i (a concatenation would move data across batch shards)."""
