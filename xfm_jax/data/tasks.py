@@ -117,22 +117,26 @@ def task_names(config=None) -> list[str]:
     return names
 
 
-def load_builder(source: Source, data_dir: str | None) -> tfds.core.DatasetBuilder:
+def load_builder(source: Source, data_dir: str | None, beam_runner=None, beam_options=None,
+                 file_format: str = 'array_record') -> tfds.core.DatasetBuilder:
     """The source's builder, prepared (built) on first use as ArrayRecord files (random access:
-    the pipeline reads records by index); builders never touch the network."""
-    if data_dir and paths.is_remote(data_dir):
+    the pipeline reads records by index); builders never touch the network. A Beam runner or
+    options (``xfm_jax.data.build``) make a builder that supports it (``xfm_user``) build as a
+    Beam pipeline; ``file_format='tfrecord'`` only builds (to ``gs://`` from Dataflow, then
+    converted: docs/data.md)."""
+    if data_dir and paths.is_remote(data_dir) and file_format == 'array_record':
         raise ValueError(
             f'data.tfds_data_dir={data_dir}: the pipeline reads ArrayRecord files by index, and '
             'array_record opens local paths only; mount the bucket (e.g. gcsfuse '
             '--implicit-dirs BUCKET /mnt/BUCKET) and pass the mounted path. Source files '
             '(user_sources paths, globs) may stay on gs://.')
     importlib.import_module(source.module)
-    builder = tfds.builder(source.builder, data_dir=data_dir, file_format='array_record',
+    builder = tfds.builder(source.builder, data_dir=data_dir, file_format=file_format,
                            **dict(source.kwargs))
     if not tf.io.gfile.exists(os.path.join(builder.data_dir, 'dataset_info.json')):
         builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-            try_download_gcs=False))
-    elif builder.info.file_format != tfds.core.FileFormat.ARRAY_RECORD:
+            try_download_gcs=False, beam_runner=beam_runner, beam_options=beam_options))
+    elif builder.info.file_format != tfds.core.FileFormat(file_format):
         raise ValueError(f'{builder.data_dir} holds {builder.info.file_format.value} files from '
                          'an older xfm-jax; the pipeline reads ArrayRecord by index. Delete '
                          'that folder to rebuild it.')

@@ -55,6 +55,7 @@ import binascii
 import collections
 import dataclasses
 import json
+import logging
 import math
 import os
 
@@ -68,6 +69,8 @@ FORMATS = {'jsonl': 'image_text', 'coco': 'image_text', 'karpathy': 'image_text'
            'xvlm_region': 'image_text', 'refcoco': 'image_text', 'vqa_v2': 'image_text',
            'image_folder': 'image_text', 'nlvr2': 'image_pair', 'text': 'text',
            'video_frames': 'video'}
+# Formats whose ``path`` names files of records read line by line (globs, shard folders).
+LINE_FORMATS = ('jsonl', 'karpathy', 'xvlm_region', 'refcoco', 'nlvr2', 'text', 'video_frames')
 REGION_FORMATS = ('xvlm_region', 'refcoco')  # boxed phrases: feed the region stream
 QA_FORMATS = ('vqa_v2',)  # question-answer pairs: the vqa_image_text stream, VQA fine-tuning
 _IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp', '.tif', '.tiff')
@@ -154,34 +157,105 @@ class XfmUser(tfds.core.GeneratorBasedBuilder):
         return self.dataset_info_from_configs(features=features,
                                               metadata=tfds.core.MetadataDict())
 
+    def _download_and_prepare(self, dl_manager, download_config):
+        # A build given a Beam runner or options (xfm_jax.data.build --beam_runner) runs as a
+        # Beam pipeline: the source's files are shared out to the workers.
+        self._beam = bool(download_config.beam_runner or download_config.beam_options)
+        return super()._download_and_prepare(dl_manager, download_config)
+
     def _split_generators(self, dl_manager):
         del dl_manager  # local files only
         config = self.builder_config
         if not config.path:
             raise ValueError(f'xfm_user/{config.name}: data.user_sources.{config.name}.path is '
                              'empty; set it to the training file (or folder).')
-        paths = {'train': config.path, 'validation': config.validation_path}
-        return {split: self._generate_examples(path, split) for split, path in paths.items()
-                if path}
+        field_names(config)  # an unknown preset fails before any file is read
+        paths_ = {'train': config.path, 'validation': config.validation_path}
+        make = self._beam_examples if getattr(self, '_beam', False) else self._generate_examples
+        return {split: make(path, split) for split, path in paths_.items() if path}
 
     def _generate_examples(self, path: str, split: str):
-        config = self.builder_config
         log = schema.drop_log(self, split)
-        field_names(config)  # an unknown preset fails before any file is read
-        for root, name, line, record in _records(config, path, split, log):
-            where = f'{name}:{line}'
-            try:
-                example = getattr(Reader(config, log, config.image_root or root),
-                                  config.format)(record, where)
-            except schema.BadRecord as bad:
-                log.add(bad.reason, where, str(bad))
-                continue
-            except (KeyError, TypeError, ValueError, AttributeError, IndexError) as error:
-                log.add('malformed_record', where, f'{type(error).__name__}: {error}')
-                continue
-            log.accepted += 1
-            yield where, example
+        yield from _examples(self.builder_config, _records(self.builder_config, path, split, log),
+                             log)
         schema.finish(self, split, log)
+
+    def _beam_examples(self, path: str, split: str):
+        """The split as a Beam transform: one work unit per source file (line formats: each
+        worker reads its files line by line), else one per record of the annotation file read
+        here. Workers count drops in Beam counters; ``_process_pipeline_result`` stores them as
+        the in-process build does, so both builds write the same records and metadata."""
+        beam = tfds.core.lazy_imports.apache_beam
+        config = self.builder_config
+        log = schema.drop_log(self, split)  # what listing the units drops; workers add theirs
+        if config.format in LINE_FORMATS:
+            units = [(os.fspath(f),) for f in source_files(path, f'{config.format} file')]
+        else:
+            units = [(root, str(name), line, record)
+                     for root, name, line, record in _records(config, path, split, log)]
+        return (f'{split}_units' >> beam.Create(units) | f'{split}_spread' >> beam.Reshuffle()
+                | f'{split}_examples' >> beam.FlatMap(_unit_examples, config, split))
+
+    def _process_pipeline_result(self, pipeline_result) -> None:
+        beam = tfds.core.lazy_imports.apache_beam
+        query = pipeline_result.metrics().query(
+            beam.metrics.MetricsFilter().with_namespace(_beam_namespace(self.builder_config)))
+        metadata = self.info.metadata
+        for counter in query['counters']:
+            split, key, reason = counter.key.metric.name.split('/', 2)
+            if key == 'accepted':
+                metadata.setdefault('accepted', {})[split] = (
+                    metadata.get('accepted', {}).get(split, 0) + counter.committed)
+            else:
+                metadata.setdefault(key, {}).setdefault(split, collections.Counter())[reason] += (
+                    counter.committed)
+        for split in metadata.get('bad', {}):
+            log = schema.DropLog(f'{self.name}/{self.builder_config.name}/{split}')
+            log.counts.update(metadata['bad'][split])
+            log.converted.update(metadata.get('converted', {}).get(split, {}))
+            log.parts.update(metadata.get('dropped_parts', {}).get(split, {}))
+            log.accepted = metadata.setdefault('accepted', {}).setdefault(split, 0)
+            logging.info('data build %s', log.summary())
+
+
+def _examples(config: UserConfig, records, log: schema.DropLog):
+    """(key, example) of the records Reader.<format> accepts; the others are counted in log."""
+    for root, name, line, record in records:
+        where = f'{name}:{line}'
+        try:
+            example = getattr(Reader(config, log, config.image_root or root),
+                              config.format)(record, where)
+        except schema.BadRecord as bad:
+            log.add(bad.reason, where, str(bad))
+            continue
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as error:
+            log.add('malformed_record', where, f'{type(error).__name__}: {error}')
+            continue
+        log.accepted += 1
+        yield where, example
+
+
+def _beam_namespace(config: UserConfig) -> str:
+    return f'xfm_user/{config.name}'
+
+
+def _unit_examples(unit: tuple, config: UserConfig, split: str):
+    """A Beam worker's examples of one unit (a file of a line format, or one listed record);
+    its counts go to Beam counters '<split>/<bad|converted|dropped_parts|accepted>/<reason>'."""
+    from apache_beam.metrics import Metrics  # pylint: disable=import-outside-toplevel
+    log = schema.DropLog(f'xfm_user/{config.name}/{split}')
+    if len(unit) == 1:
+        file = paths.resolve(unit[0])
+        records = _file_records(config, file, log)
+    else:
+        records = [unit]
+    yield from _examples(config, records, log)
+    namespace = _beam_namespace(config)
+    for key, counter in (('bad', log.counts), ('converted', log.converted),
+                         ('dropped_parts', log.parts)):
+        for reason, n in counter.items():
+            Metrics.counter(namespace, f'{split}/{key}/{reason}').inc(n)
+    Metrics.counter(namespace, f'{split}/accepted/').inc(log.accepted)
 
 
 # --- Files -> records ---------------------------------------------------------------------------
@@ -289,18 +363,23 @@ def _records(config: UserConfig, path: str, split: str, log: schema.DropLog):
             yield os.path.dirname(path), *record
         return
     for file in source_files(path, what):
-        root = os.fspath(file.parent)
-        if format_ == 'text':
-            for number, text in _lines(file, log):
-                yield root, file, number, text
-            continue
-        records = _json_records(file, what, log)
-        if format_ in ('karpathy', 'refcoco'):
-            for index, image, group in _by_image(file, records, log):
-                yield root, file, index, {'image': image, 'records': group}
-            continue
-        for index, record in records:
-            yield root, file, index, record
+        yield from _file_records(config, file, log)
+
+
+def _file_records(config: UserConfig, file, log: schema.DropLog):
+    """(image root, file, line or index, record) of one file of a line format."""
+    root = os.fspath(file.parent)
+    if config.format == 'text':
+        for number, text in _lines(file, log):
+            yield root, file, number, text
+        return
+    records = _json_records(file, f'{config.format} file', log)
+    if config.format in ('karpathy', 'refcoco'):
+        for index, image, group in _by_image(file, records, log):
+            yield root, file, index, {'image': image, 'records': group}
+        return
+    for index, record in records:
+        yield root, file, index, record
 
 
 def _coco_records(path: str, log: schema.DropLog):
