@@ -45,15 +45,13 @@ def synthetic_batches(config, start_step: int):
         rng = np.random.default_rng([config.train.seed, step])
         batch = {}
         for stream in config.streams:
-            spec = config.batch[stream]
-            local = spec.batch_size // jax.process_count()
+            shape = streams.batch_shape(config, stream)
+            local = shape['batch'] // jax.process_count()
             rows = slice(jax.process_index() * local, (jax.process_index() + 1) * local)
             batch[stream] = {k: v[rows] for k, v in streams.synthetic_batch(
                 stream, rng, vocab_size=text.vocab_size, pad_id=text.pad_id,
                 mask_id=text.mask_id, num_masked_patches=config.objectives.mim.num_masked,
-                batch=spec.batch_size, text_len=spec.get('text_len', 1),
-                image_size=vision.image_size, patch_size=vision.patch_size,
-                region_texts=spec.get('region_texts', 1), frames=spec.get('frames', 1)).items()}
+                image_size=vision.image_size, patch_size=vision.patch_size, **shape).items()}
         yield batch
         step += 1
 
@@ -111,6 +109,9 @@ def _during_training(config) -> str:
 
 def _train(config, workdir, lock) -> dict:
     during_training = _during_training(config)
+    if 'data' in config:
+        from xfm_jax.data import tasks  # TensorFlow and seqio load only for real data
+        tasks.fit_model_to_vocabulary(config)
     # ---- mesh --------------------------------------------------------------------------------
     mesh = partitioning.make_mesh(config.partitioning.mesh)
     rules = partitioning.get_rules(config.partitioning.rules)
@@ -173,10 +174,8 @@ def _train(config, workdir, lock) -> dict:
             logdir=os.fspath(workdir), num_profile_steps=config.train.profile_steps,
             first_profile=start_step + config.train.profile_first_step, every_secs=None))
     batch_sizes = {s: config.batch[s].batch_size for s in config.streams}
-    step_flops = flops.train_step_flops(config, {
-        s: dict(batch=config.batch[s].batch_size, text_len=config.batch[s].get('text_len', 1),
-                region_texts=config.batch[s].get('region_texts', 1),
-                frames=config.batch[s].get('frames', 1)) for s in config.streams})['total']
+    step_flops = flops.train_step_flops(
+        config, {s: streams.batch_shape(config, s) for s in config.streams})['total']
     peak = flops.peak_flops_for(jax.devices()[0].device_kind)  # None on CPU: no MFU
     logging.info('%.3g model FLOPs per step; device peak %s FLOP/s', step_flops, peak)
 

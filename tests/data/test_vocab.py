@@ -82,6 +82,29 @@ def test_sentencepiece_training_and_specials(tmp_path):
     assert vocab_lib.special_ids(vocab) == vocab_lib.SpecialIds(pad=0, cls=1, sep=2, mask=4)
     assert vocab.decode(vocab.encode('a red circle')) == 'a red circle'
 
+    # Pre-training on one's own captions with it: the model's ids and size come from the file.
+    from configs import xfm_base
+    from xfm_jax.data import tasks
+    config = xfm_base.get_config('captions')
+    config.data.vocab.update(kind='sentencepiece', path=model)
+    tasks.fit_model_to_vocabulary(config)
+    text = config.model.text
+    assert (text.pad_id, text.cls_id, text.sep_id, text.mask_id) == (0, 1, 2, 4)
+    assert text.vocab_size == vocab.vocab_size < 100
+
+
+def test_a_vocabulary_that_does_not_fit_the_model_is_named():
+    from configs import xfm_base
+    from xfm_jax.data import tasks
+    _minilm_vocab()
+    config = xfm_base.get_config('mini')  # the MiniLM tower's WordPiece: its ids fit
+    tasks.fit_model_to_vocabulary(config)
+    config.model.text.update(mask_id=4, vocab_size=1000)
+    with pytest.raises(ValueError, match=r'model.text.mask_id=4 but the vocabulary has 103; '
+                                         r"model.text.vocab_size=1000 is below the vocabulary's "
+                                         r'30522 tokens'):
+        tasks.fit_model_to_vocabulary(config)
+
 
 def test_synthetic_vocab_places_special_ids(tmp_path):
     path = vocab_lib.synthetic_vocab_file(['red', 'circle', 'a'], str(tmp_path / 'v.txt'),

@@ -509,3 +509,34 @@ def make_vocabulary(vocab_config) -> seqio.Vocabulary:
         return seqio.SentencePieceVocabulary(vocab_config.path)
     raise ValueError(f"data.vocab.kind must be 'wordpiece', 'bpe', 'sentencepiece' or "
                      f"'synthetic', got {kind!r}.")
+
+
+def fit_model_to_vocabulary(config) -> None:
+    """Makes ``model.text``'s vocabulary size and special ids (pad, cls, sep, mask) those of
+    ``data.vocab``'s file, which the data pipeline reads them from. A SentencePiece model (e.g.
+    from ``python -m xfm_jax.data.train_sentencepiece`` on the user's captions) sets them in
+    place, logged; any other vocabulary must already agree (a pretrained tower's ids are its
+    own), else one ValueError naming each key and both values."""
+    vocab = make_vocabulary(config.data.vocab)
+    ids = vocab_lib.special_ids(vocab)
+    text = config.model.text
+    wanted = dict(pad_id=ids.pad, cls_id=ids.cls, sep_id=ids.sep, mask_id=ids.mask)
+    where = f'data.vocab.path={config.data.vocab.path}'
+    if config.data.vocab.kind == 'sentencepiece':
+        wanted['vocab_size'] = vocab.vocab_size
+        changed = {k: v for k, v in wanted.items() if text[k] != v}
+        if changed:
+            text.update(changed)
+            logging.warning('model.text set from the SentencePiece model (%s): %s%s', where,
+                            changed, '; the pretrained word embeddings of train.init_from '
+                            'no longer fit and are not loaded' if 'vocab_size' in changed and
+                            config.get('train', {}).get('init_from') else '')
+        return
+    wrong = [f'model.text.{k}={text[k]} but the vocabulary has {v}'
+             for k, v in wanted.items() if text[k] != v]
+    if vocab.vocab_size > text.vocab_size:
+        wrong.append(f'model.text.vocab_size={text.vocab_size} is below the vocabulary\'s '
+                     f'{vocab.vocab_size} tokens')
+    if wrong:
+        raise ValueError(f'{where} ({config.data.vocab.kind}) does not fit the model: '
+                         f'{"; ".join(wrong)}.')

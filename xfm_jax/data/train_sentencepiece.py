@@ -4,8 +4,9 @@ r"""Trains a SentencePiece model usable as this project's vocabulary (seqio.Sent
       --vocab_size=8000
 
 writes /tmp/spm.model and /tmp/spm.vocab. Special ids: <pad>=0, <s>=1 (start), </s>=2 (end),
-<unk>=3, <mask>=4; set model.text.{pad_id,cls_id,sep_id,mask_id} to these.
-"""
+<unk>=3, <mask>=4. Training with ``--config.data.vocab.kind=sentencepiece
+--config.data.vocab.path=/tmp/spm.model`` sets model.text's vocab_size and special ids from it
+(``tasks.fit_model_to_vocabulary``)."""
 
 from __future__ import annotations
 
