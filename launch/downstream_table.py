@@ -19,25 +19,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import glob
-import json
-import os
-import shlex
-import subprocess
 import sys
-import time
+
+from jobs import FASHION, Job, missing_set, result_metrics, run_job
+from xfm_jax import paths
 
 PRETRAIN_CONFIG = 'configs/xfm_base.py:runlocal'
-FASHION = 'fashion_mnist'
-
-
-@dataclasses.dataclass(frozen=True)
-class Job:
-    name: str
-    kind: str  # 'evaluate' | 'finetune'
-    config: str
-    flags: tuple[str, ...] = ()
-    needs: str = ''  # an offline set the job reads ('' = synthetic only)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,58 +85,6 @@ ROWS = (
 )
 
 
-def command(job: Job, init: str | None, workdir: str) -> list[str]:
-    """The job's command line; ``init`` None = random initialisation."""
-    base = [sys.executable, '-m', f'xfm_jax.{job.kind}', f'--config={job.config}',
-            f'--workdir={workdir}', *job.flags]
-    if job.kind == 'evaluate':
-        return base + ([f'--checkpoint={init}'] if init else ['--random_init'])
-    return base + ([f'--init={init}'] if init else [])
-
-
-def result_metrics(kind: str, workdir: str) -> dict | None:
-    """The metrics a finished job wrote, or None."""
-    if kind == 'finetune':
-        path = os.path.join(workdir, 'finetune.json')
-        if not os.path.exists(path):
-            return None
-        with open(path) as f:
-            return json.load(f)['eval']
-    paths = glob.glob(os.path.join(workdir, 'eval_step*.json'))
-    if not paths:
-        return None
-    with open(max(paths, key=os.path.getmtime)) as f:
-        return json.load(f)['metrics']
-
-
-def missing_set(name: str) -> str | None:
-    """Why an offline set cannot be read here, or None when it can."""
-    if name == FASHION and not os.path.isdir('/usr/share/datasets/fashion-mnist'):
-        return 'not installed: apt-get install dataset-fashion-mnist'
-    if name == 'easy_vqa':
-        try:
-            import easy_vqa  # noqa: F401
-        except ImportError:
-            return 'not installed: pip install easy-vqa'
-    return None
-
-
-def run_job(job: Job, init: str | None, workdir: str) -> dict | None:
-    metrics = result_metrics(job.kind, workdir)
-    if metrics is not None:
-        print(f'[{job.name}] done before: {workdir}', flush=True)
-        return metrics
-    os.makedirs(workdir, exist_ok=True)
-    cmd = command(job, init, workdir)
-    print(f'[{job.name}] {shlex.join(cmd[1:])}', flush=True)
-    start = time.time()
-    with open(os.path.join(workdir, 'log.txt'), 'w') as log:
-        code = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT)
-    print(f'[{job.name}] exit {code} after {time.time() - start:.0f} s '
-          f'(log: {os.path.join(workdir, "log.txt")})', flush=True)
-    return result_metrics(job.kind, workdir) if code == 0 else None
-
-
 def fmt(value) -> str:
     return '-' if value is None else f'{value:.1f} %'
 
@@ -162,13 +97,12 @@ def main():
     parser.add_argument('--jobs', default=','.join(j.name for j in JOBS),
                         help='comma-separated subset of: ' + ', '.join(j.name for j in JOBS))
     args = parser.parse_args()
-    checkpoints = os.path.join(args.pretrained, 'checkpoints')
-    steps = sorted(int(d) for d in os.listdir(checkpoints) if d.isdigit()) if os.path.isdir(
-        checkpoints) else []
+    checkpoints = paths.resolve(args.pretrained) / 'checkpoints'
+    steps = sorted(int(d.name) for d in paths.glob(checkpoints / '*') if d.name.isdigit())
     if not steps:
         sys.exit(f'No checkpoint in {checkpoints}: pre-train first (WORKDIR={args.pretrained} bash '
                  'launch/local.sh --config=configs/xfm_base.py:runlocal).')
-    checkpoint = os.path.abspath(os.path.join(checkpoints, str(steps[-1])))
+    checkpoint = str(checkpoints / str(steps[-1]))
     wanted = set(args.jobs.split(','))
     unknown = wanted - {j.name for j in JOBS}
     if unknown:
@@ -178,7 +112,7 @@ def main():
     for job in JOBS:
         if job.name not in wanted:
             continue
-        workdirs = {label: os.path.join(args.out, f'{job.name}_{label}')
+        workdirs = {label: str(paths.resolve(args.out) / f'{job.name}_{label}')
                     for label in ('pretrained', 'random')}
         finished = all(result_metrics(job.kind, w) is not None for w in workdirs.values())
         why = missing_set(job.needs) if job.needs and not finished else None
@@ -203,8 +137,8 @@ def main():
                      f'{fmt((rand or {}).get(row.metric))} | {fmt(chance)} ({row.chance_note}) |')
     table = '\n'.join(lines)
     print('\n' + table)
-    with open(os.path.join(args.out, 'table.md'), 'w') as f:
-        f.write(table + '\n')
+    paths.resolve(args.out).mkdir(parents=True, exist_ok=True)
+    (paths.resolve(args.out) / 'table.md').write_text(table + '\n')
 
 
 if __name__ == '__main__':

@@ -1,7 +1,6 @@
 """launch/downstream_table.py: the commands it runs and the table it builds from their result
 files (finished jobs are read back, not re-run)."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -15,22 +14,23 @@ SCRIPT = os.path.join(ROOT, 'launch', 'downstream_table.py')
 
 @pytest.fixture(scope='module')
 def table():
-    spec = importlib.util.spec_from_file_location('downstream_table', SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    sys.path.insert(0, os.path.dirname(SCRIPT))  # it imports its sibling jobs.py, as a script
+    try:
+        import downstream_table as module
+        yield module
+    finally:
+        sys.path.remove(os.path.dirname(SCRIPT))
 
 
 def test_commands(table):
-    jobs = {job.name: job for job in table.JOBS}
-    pre = table.command(jobs['synthetic'], '/ck/600', '/out/a')
+    jobs, command = {job.name: job for job in table.JOBS}, sys.modules['jobs'].command
+    pre = command(jobs['synthetic'], '/ck/600', '/out/a')
     assert pre[1:5] == ['-m', 'xfm_jax.evaluate', '--config=configs/xfm_base.py:runlocal',
                         '--workdir=/out/a']
     assert pre[-1] == '--checkpoint=/ck/600'
-    assert table.command(jobs['synthetic'], None, '/out/b')[-1] == '--random_init'
-    assert table.command(jobs['sentiment'], '/ck/600', '/out/c')[-1] == '--init=/ck/600'
-    assert not any(a.startswith('--init') for a in table.command(jobs['sentiment'], None, '/o'))
+    assert command(jobs['synthetic'], None, '/out/b')[-1] == '--random_init'
+    assert command(jobs['sentiment'], '/ck/600', '/out/c')[-1] == '--init=/ck/600'
+    assert not any(a.startswith('--init') for a in command(jobs['sentiment'], None, '/o'))
 
 
 def _write(out, name, kind, metrics):
@@ -57,7 +57,7 @@ def test_table_from_finished_jobs(table, tmp_path, monkeypatch, capsys):
     # Offline sets count as absent (as on CI): finished jobs are still read, an unfinished job
     # that needs one is reported with the install command and not run; nothing may run at all.
     monkeypatch.setattr(table, 'missing_set', lambda name: f'not installed: get {name}')
-    monkeypatch.setattr(table.subprocess, 'call', lambda *a, **k: pytest.fail('ran a job'))
+    monkeypatch.setattr(sys.modules['jobs'], 'execute', lambda *a, **k: pytest.fail('ran a job'))
     monkeypatch.setattr(sys, 'argv', ['downstream_table.py', f'--pretrained={pretrained}',
                                       f'--out={out}', '--jobs=synthetic,easy_vqa,fashion_mnist'])
     table.main()
