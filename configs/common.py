@@ -372,6 +372,7 @@ def _mini_recipe(config: ml_collections.ConfigDict, model_dir: str) -> None:
 
 
 STREAM_SHAPE_KEYS = ('batch_size', 'text_len', 'region_texts', 'frames')
+VOCAB_ID_KEYS = ('vocab_size', 'pad_id', 'cls_id', 'sep_id', 'mask_id')
 
 
 def link_stream_shapes(config: ml_collections.ConfigDict) -> None:
@@ -380,7 +381,8 @@ def link_stream_shapes(config: ml_collections.ConfigDict) -> None:
     ``data.patch_size``) and ``objectives.mim.num_masked`` become references to it, to the
     model's vision sizes and to ``data.mim.num_masked``, so an override of any of them (on the
     command line, or in code before the config is used) reaches the pipeline, the FLOPs / MFU
-    count, the AOT check and the synthetic batches alike. Global batch sizes come from
+    count, the AOT check and the synthetic batches alike; ``data.vocab``'s size and special ids
+    are references to ``model.text``'s. Global batch sizes come from
     ``config.batch``; text lengths, region texts and frames from the data preset."""
     for stream, spec in config.data.streams.items():
         shape = config.batch[stream]
@@ -394,6 +396,10 @@ def link_stream_shapes(config: ml_collections.ConfigDict) -> None:
     config.data.image_size = config.model.vision.get_ref('image_size')
     config.data.patch_size = config.model.vision.get_ref('patch_size')
     config.objectives.mim.num_masked = config.data.mim.get_ref('num_masked')
+    # The vocabulary's size and special ids are the model's (the MLM masking draws its random
+    # tokens below vocab_size); tasks.fit_model_to_vocabulary sets both from a SentencePiece file.
+    for key in VOCAB_ID_KEYS:
+        config.data.vocab[key] = config.model.text.get_ref(key)
 
 
 def objectives_config() -> ml_collections.ConfigDict:

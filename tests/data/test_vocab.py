@@ -91,6 +91,8 @@ def test_sentencepiece_training_and_specials(tmp_path):
     text = config.model.text
     assert (text.pad_id, text.cls_id, text.sep_id, text.mask_id) == (0, 1, 2, 4)
     assert text.vocab_size == vocab.vocab_size < 100
+    # The data side reads the same values (MLM draws its random tokens below vocab_size).
+    assert (config.data.vocab.vocab_size, config.data.vocab.mask_id) == (vocab.vocab_size, 4)
 
 
 def test_a_vocabulary_that_does_not_fit_the_model_is_named():

@@ -23,8 +23,9 @@ VIDEO = ('video_retrieval',)  # need a model with a video path (model.video_fram
 
 
 class SourceLacks(ValueError):
-    """An evaluator's source has no field the evaluator needs (labels, boxes): the runner skips
-    that evaluator with a warning naming the source instead of failing the evaluation."""
+    """An evaluator's source has no field (labels, boxes) or split (a user source without a
+    ``validation_path``) the evaluator needs: the runner skips that evaluator with a warning
+    naming the source instead of failing the evaluation."""
 
 
 def get(name: str):

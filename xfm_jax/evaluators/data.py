@@ -19,6 +19,7 @@ import json
 import numpy as np
 import tensorflow as tf
 
+from xfm_jax import evaluators
 from xfm_jax.data import image_ops, tasks, text_ops, vocab as vocab_lib
 
 
@@ -178,8 +179,9 @@ def _builder(data_json: str, source_name: str, schema: str, split: str):
                          f'this evaluation needs the {schema!r} schema.')
     builder = tasks.load_builder(source, data_config.tfds_data_dir)
     if split not in builder.info.splits:
-        raise ValueError(f'{source.builder} has no split {split!r}; it has '
-                         f'{sorted(builder.info.splits)}.')
+        raise evaluators.SourceLacks(  # e.g. a user source without validation_path
+            f'source {source_name!r} ({source.builder}) has no split {split!r}; it has '
+            f'{sorted(builder.info.splits)}.')
     return data_config, source, builder
 
 
