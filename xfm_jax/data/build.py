@@ -57,9 +57,14 @@ def build(data_config, names=None, beam_runner=None, beam_options=None,
         raise ValueError(f'--sources {unknown} are not sources of this config; known: '
                          f'{sorted(known)}.')
     options = None
-    if beam_options:
-        import apache_beam as beam  # pylint: disable=import-outside-toplevel
-        options = beam.options.pipeline_options.PipelineOptions(shlex.split(beam_options))
+    if beam_runner or beam_options:
+        try:
+            import apache_beam as beam  # pylint: disable=import-outside-toplevel
+        except ImportError as error:
+            raise ValueError('--beam_runner / --beam_options need Apache Beam: pip install '
+                             "apache-beam==2.77.0 (or pip install -e '.[beam]').") from error
+        if beam_options:
+            options = beam.options.pipeline_options.PipelineOptions(shlex.split(beam_options))
     report = {}
     for name in names:
         builder = tasks.load_builder(known[name], data_config.tfds_data_dir,
