@@ -36,9 +36,8 @@ def synthetic_streams(config, scale: float, names, seed: int = 0):
     vision, text = config.model.vision, config.model.text
     batches, sizes = {}, {}
     for stream in names:
-        spec = config.batch[stream]
-        size = dict(batch=max(1, int(spec.batch_size * scale)), text_len=spec.get('text_len', 1),
-                    region_texts=spec.get('region_texts', 1), frames=spec.get('frames', 1))
+        size = streams.batch_shape(config, stream)
+        size['batch'] = max(1, int(size['batch'] * scale))
         batches[stream] = streams.synthetic_batch(
             stream, rng, vocab_size=text.vocab_size, pad_id=text.pad_id, mask_id=text.mask_id,
             num_masked_patches=config.objectives.mim.num_masked, image_size=vision.image_size,
@@ -57,7 +56,7 @@ def main(argv):
 
 def benchmark(config):
     """Compiles and times the step of ``config``; prints the figures."""
-    names = flags.FLAGS.streams or [s for s in ts.STREAM_ORDER if s in config.streams]
+    names = flags.FLAGS.streams or [s for s in streams.STREAMS if s in config.streams]
     mesh = partitioning.make_mesh(config.partitioning.mesh)
     rules = partitioning.get_rules(config.partitioning.rules)
     model = build_model(config.model)

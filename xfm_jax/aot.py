@@ -102,12 +102,9 @@ def topology_devices(topology: str) -> list:
 
 
 def stream_sizes(config: ml_collections.ConfigDict) -> dict[str, dict[str, int]]:
-    """{stream: global batch, text_len, region_texts, frames} of the trained streams."""
-    return {stream: dict(batch=config.batch[stream].batch_size,
-                         text_len=config.batch[stream].get('text_len', 1),
-                         region_texts=config.batch[stream].get('region_texts', 1),
-                         frames=config.batch[stream].get('frames', 1))
-            for stream in ts.STREAM_ORDER if stream in config.streams}
+    """{stream: global batch and the sizes its fields read} of the trained streams."""
+    return {stream: streams.batch_shape(config, stream)
+            for stream in streams.STREAMS if stream in config.streams}
 
 
 def compile_report(config: ml_collections.ConfigDict, topology: str) -> Report:

@@ -2,7 +2,10 @@
 
 FLOPs count matrix multiplies only (2 * m * n * k), over the static (padded) shapes the step
 computes. Training = 3 x forward (backward = 2 x forward); rematerialised recomputation is NOT
-counted (MFU, not hardware utilisation). Per stream, the forward passes follow docs/design.md §7:
+counted (MFU, not hardware utilisation). A stream's forward FLOPs are its shared encodings
+(:func:`encodings_forward`: what its objectives read, computed once) plus each objective's own
+passes (the ``flops`` of its record in ``xfm_jax.objectives``), over the stream's
+:class:`Rows`. Per stream with the reference objectives (docs/design.md §7):
 
 * text:        language encoder on the masked text + its MLM head on the masked positions (mlm).
 * image:       vision encoder twice: unmasked target + masked pass (mim).
@@ -132,50 +135,78 @@ def projection_forward(d: Dims) -> int:
     return 2 * d.embed_dim * (d.vision_width + d.text_width)
 
 
-def stream_forward_flops(d: Dims, stream: str, objectives, *, batch: int, text_len: int,
-                         region_texts: int = 1, frames: int = 1, mlm_predictions: int = 0,
-                         imlm_predictions: int = 0) -> int:
-    """Forward FLOPs of one stream's objectives for a global batch; ``*_predictions``: positions
-    the MLM heads run on (0: all ``text_len``)."""
-    objectives = set(objectives)
-    predicted = lambda cap: min(cap, text_len) if cap else text_len  # noqa: E731
-    if stream == 'text':
-        return batch * (text_forward(d, text_len)
-                        + mlm_head_forward(d, predicted(mlm_predictions)))
-    if stream == 'image':
-        return batch * vision_forward(d) * (2 if 'mim' in objectives else 1)
-    num_images = batch * (frames if stream == 'video' else 1)
-    total = num_images * vision_forward(d)
-    if 'mim' in objectives:
-        total += batch * vision_forward(d)
-    pairs = batch * (region_texts if stream == 'region' else 1)
-    fusion = fusion_forward(d, text_len)
-    # Per fusion pass: every image's keys/values once; a region text's own token per row.
-    image_kv = batch * cross_attention_kv_forward(d, d.num_patches + 1)
-    region_kv = cross_attention_kv_forward(d, 1) if stream == 'region' else 0
-    if 'itc' in objectives or 'itm' in objectives:
-        total += pairs * (text_forward(d, text_len) + projection_forward(d))
-        total += 2 * pairs * pairs * d.embed_dim  # similarity matrix
-    if 'itm' in objectives:
-        total += 3 * pairs * (fusion + region_kv) + image_kv
-    if 'imlm' in objectives:
-        total += pairs * (text_forward(d, text_len) + fusion + region_kv
-                          + mlm_head_forward(d, predicted(imlm_predictions))) + image_kv
-    if 'box' in objectives:
-        total += pairs * fusion + image_kv
+def mlm_positions(settings, text_len: int) -> int:
+    """Positions an MLM head runs on: ``settings.max_predictions`` capped at ``text_len``
+    (0: all)."""
+    cap = settings.get('max_predictions', 0)
+    return min(cap, text_len) if cap else text_len
+
+
+@dataclasses.dataclass(frozen=True)
+class Rows:
+    """How many rows each part of a stream's forward pass runs on.
+
+    images: rows the vision encoder encodes (video: every frame); image_rows: image token sets
+    the fusion reads (one per image or clip); pairs: text rows (region: B*K); text_len;
+    pair_tokens: image tokens of a pair row's own (``Stream.pair_tokens``).
+    """
+    images: int
+    image_rows: int
+    pairs: int
+    text_len: int
+    pair_tokens: int = 0
+
+    @classmethod
+    def of(cls, stream, *, batch: int, text_len: int = 1, region_texts: int = 1,
+           frames: int = 1) -> 'Rows':
+        """The rows of the stream record ``stream`` (``xfm_jax.streams``) from the symbols of
+        its fields: K texts per image, F frames per clip."""
+        symbols = {s for _, suffix in stream.fields.values() for s in suffix}
+        return cls(images=batch * (frames if 'F' in symbols else 1), image_rows=batch,
+                   pairs=batch * (region_texts if 'K' in symbols else 1), text_len=text_len,
+                   pair_tokens=stream.pair_tokens)
+
+    def fusion(self, d: Dims, passes: int = 1, own_tokens: bool = True) -> int:
+        """``passes`` fusion passes over every pair row, the images' keys and values projected
+        once (``own_tokens``: with each row's own tokens, e.g. the region token)."""
+        own = cross_attention_kv_forward(d, self.pair_tokens) if own_tokens else 0
+        return (passes * self.pairs * (fusion_forward(d, self.text_len) + own)
+                + self.image_rows * cross_attention_kv_forward(d, d.num_patches + 1))
+
+
+def encodings_forward(d: Dims, rows: Rows, needs) -> int:
+    """Forward FLOPs of the shared encodings ``needs`` (``objectives/encode.py``), computed once
+    per stream. The embeddings come with the similarity matrix their readers (ITC, ITM's
+    negative draw) compute, counted once."""
+    needs = set(needs)
+    total = 0
+    if needs & {'image_tokens', 'image_mask', 'image_embedding'}:
+        total += rows.images * vision_forward(d)
+    if needs & {'text_hidden', 'text_embedding'}:
+        total += rows.pairs * text_forward(d, rows.text_len)
+    if needs & {'image_embedding', 'text_embedding'}:
+        total += rows.pairs * projection_forward(d) + 2 * rows.pairs * rows.pairs * d.embed_dim
     return total
+
+
+def stream_forward_flops(d: Dims, stream: str, objectives, settings, **sizes) -> int:
+    """Forward FLOPs of one stream's ``objectives`` for a global batch; ``settings``:
+    ``config.objectives``; ``sizes``: batch, text_len, region_texts, frames."""
+    from xfm_jax import objectives as objectives_lib, streams  # they build on this module
+    rows = Rows.of(streams.get(stream), **sizes)
+    records = [objectives_lib.OBJECTIVES[name] for name in objectives]
+    total = encodings_forward(d, rows, frozenset().union(*(r.needs for r in records)))
+    return total + sum(r.flops(d, rows, settings[r.name]) for r in records)
 
 
 def train_step_flops(config, stream_sizes: dict) -> dict:
     """{stream: training FLOPs per step} and 'total'; ``stream_sizes[s]`` holds batch, text_len,
-    region_texts, frames. Reference schedule counts every update's streams once."""
+    region_texts, frames (``streams.batch_shape``). Reference schedule counts every update's
+    streams once."""
     d = Dims.from_config(config.model)
     out = {}
     for stream, sizes in stream_sizes.items():
-        weights = {k for k, v in config.streams[stream].items() if float(v)}
-        out[stream] = 3 * stream_forward_flops(
-            d, stream, weights, **sizes,
-            mlm_predictions=config.objectives.mlm.get('max_predictions', 0),
-            imlm_predictions=config.objectives.imlm.get('max_predictions', 0))
+        names = [k for k, v in config.streams[stream].items() if float(v)]
+        out[stream] = 3 * stream_forward_flops(d, stream, names, config.objectives, **sizes)
     out['total'] = int(np.sum(list(out.values())))
     return out

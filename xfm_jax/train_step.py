@@ -28,11 +28,10 @@ import ml_collections
 import optax
 
 from xfm_jax import objectives as objectives_lib
-from xfm_jax import optim
+from xfm_jax import optim, streams as streams_lib
 from xfm_jax.models.model import VisionLanguageModel, init_variables
 
 PyTree = Any
-STREAM_ORDER = ('text', 'image', 'image_text', 'region', 'video')
 
 
 @flax.struct.dataclass
@@ -45,16 +44,17 @@ class TrainState:
 def update_groups(config: ml_collections.ConfigDict) -> list[tuple[str, ...]]:
     """Stream groups, one optimizer update each, in order. ``train.schedule`` picks them."""
     schedule = config.train.schedule
-    streams = [s for s in STREAM_ORDER if s in config.streams]
+    order = tuple(streams_lib.STREAMS)
+    streams = [s for s in order if s in config.streams]
     if schedule == 'summed':
         return [tuple(streams)]
     if schedule == 'reference':
         groups = [tuple(s.strip() for s in group.split(',') if s.strip())
                   for group in config.train.reference_groups.split(';')]
-        unknown = sorted({s for g in groups for s in g} - set(STREAM_ORDER))
+        unknown = sorted({s for g in groups for s in g} - set(order))
         if unknown:
             raise ValueError(f'train.reference_groups names unknown streams {unknown}; streams '
-                             f'are {STREAM_ORDER}.')
+                             f'are {order}.')
         missing = sorted(set(streams) - {s for g in groups for s in g})
         if missing:
             raise ValueError(f'Streams {missing} are in config.streams but in no group of '
@@ -94,6 +94,7 @@ def make_loss_fn(model: VisionLanguageModel, config: ml_collections.ConfigDict,
     """``loss_fn(params, batch, rng) -> (total_loss, metrics)`` over the given streams;
     ``batch_shards``: how many devices split the batch (see :func:`objective_settings`)."""
     settings = objective_settings(config, batch_shards)
+    stream_index = {stream: i for i, stream in enumerate(streams_lib.STREAMS)}  # rng per stream
 
     def loss_fn(params, batch, rng):
         dropout_rng, objective_rng = jax.random.split(rng)
@@ -104,7 +105,7 @@ def make_loss_fn(model: VisionLanguageModel, config: ml_collections.ConfigDict,
             if stream not in batch:
                 continue
             weights = {k: float(v) for k, v in config.streams[stream].items() if float(v)}
-            stream_rng = jax.random.fold_in(objective_rng, STREAM_ORDER.index(stream))
+            stream_rng = jax.random.fold_in(objective_rng, stream_index[stream])
             encoded = objectives_lib.encode_stream(
                 bound, stream, batch[stream], train=True, objectives=tuple(weights))
             for i, (name, weight) in enumerate(sorted(weights.items())):

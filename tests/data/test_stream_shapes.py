@@ -4,15 +4,13 @@ model's image size reaches the input pipeline's batches and the FLOPs count alik
 import pytest
 
 from configs import x2vlm_base, xfm_base
-from xfm_jax import flops
+from xfm_jax import flops, streams
 from xfm_jax.data import pipeline
 
 
 def _sizes(config):
     """What xfm_jax.train hands the FLOPs count: the shapes in config.batch."""
-    return {s: dict(batch=config.batch[s].batch_size, text_len=config.batch[s].get('text_len', 1),
-                    region_texts=config.batch[s].get('region_texts', 1),
-                    frames=config.batch[s].get('frames', 1)) for s in config.streams}
+    return {s: streams.batch_shape(config, s) for s in config.streams}
 
 
 @pytest.mark.parametrize('key, value', [('batch_size', 16), ('text_len', 12)])

@@ -5,7 +5,9 @@ from __future__ import annotations
 import jax.numpy as jnp
 import ml_collections
 
+from xfm_jax import flops
 from xfm_jax.objectives.encode import fusion_rows
+from xfm_jax.objectives.record import Objective
 
 # Guards the divisions of degenerate (zero-area) boxes: a NaN there would reach the gradient
 # even through a zero loss weight.
@@ -62,3 +64,13 @@ def box(model, enc: dict, batch: dict, rng, settings: ml_collections.ConfigDict)
     l1, giou_loss = box_loss(model.box_prediction(fused), enc['box'],
                              enc['box_valid'] * enc['valid'])
     return l1 + giou_loss, {'box_l1': l1, 'box_giou_loss': giou_loss}
+
+
+def box_flops(d: flops.Dims, rows: flops.Rows, settings) -> int:
+    """One fusion pass over the whole images (no region token); the box head is not counted."""
+    del settings
+    return rows.fusion(d, own_tokens=False)
+
+
+OBJECTIVE = Objective(name='box', loss=box, needs=frozenset({'image_tokens', 'text_hidden'}),
+                      kinds=('pairs',), fields=('box', 'box_valid'), flops=box_flops)

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import ml_collections
 
+from xfm_jax import flops
 from xfm_jax.objectives.encode import fusion_rows
 from xfm_jax.objectives.mlm import masked_lm_loss, masked_positions
+from xfm_jax.objectives.record import Objective
 
 
 def imlm(model, enc: dict, batch: dict, rng, settings: ml_collections.ConfigDict):
@@ -21,3 +23,14 @@ def imlm(model, enc: dict, batch: dict, rng, settings: ml_collections.ConfigDict
                                                settings.get('max_predictions', 0))
     loss, accuracy = masked_lm_loss(model.fusion_mlm_logits(fused), targets, weights)
     return loss, {'imlm_accuracy': accuracy}
+
+
+def imlm_flops(d: flops.Dims, rows: flops.Rows, settings) -> int:
+    """The language encoder on the masked text, one fusion pass and the fusion MLM head."""
+    return rows.fusion(d) + rows.pairs * (
+        flops.text_forward(d, rows.text_len)
+        + flops.mlm_head_forward(d, flops.mlm_positions(settings, rows.text_len)))
+
+
+OBJECTIVE = Objective(name='imlm', loss=imlm, needs=frozenset({'image_tokens', 'image_mask'}),
+                      kinds=('pairs',), flops=imlm_flops)

@@ -10,6 +10,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from xfm_jax.objectives.record import Objective
+
 # Logit for excluded (invalid) columns: exp() underflows to 0 yet stays finite, so a zero
 # target times its log-probability is 0, not NaN.
 _EXCLUDED_LOGIT = -1e9
@@ -73,3 +75,8 @@ def itc(model, enc: dict, batch: dict, rng, settings: ml_collections.ConfigDict)
     loss, accuracy = contrastive_loss(enc['image_embedding'], enc['text_embedding'],
                                       model.temperature(), positives, enc['valid'])
     return loss, {'itc_accuracy': accuracy}
+
+
+# Its whole cost is in the shared embeddings and their similarity matrix (flops.encodings_forward).
+OBJECTIVE = Objective(name='itc', loss=itc, needs=frozenset({'image_embedding', 'text_embedding'}),
+                      kinds=('pairs',), flops=lambda d, rows, settings: 0)

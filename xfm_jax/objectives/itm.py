@@ -22,9 +22,11 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from xfm_jax import flops
 from xfm_jax.models import layers
 from xfm_jax.objectives.encode import image_rows
 from xfm_jax.objectives.itc import similarity
+from xfm_jax.objectives.record import Objective
 
 
 def _grouped(x, num_groups: int):
@@ -145,3 +147,15 @@ def itm(model, enc: dict, batch: dict, rng, settings: ml_collections.ConfigDict,
     loss = (optax.softmax_cross_entropy_with_integer_labels(logits, labels) * weights).sum() / count
     accuracy = ((jnp.argmax(logits, axis=-1) == labels) * weights).sum() / count
     return loss, {'itm_accuracy': accuracy}
+
+
+def itm_flops(d: flops.Dims, rows: flops.Rows, settings) -> int:
+    """The fusion over every positive and its negatives, the images' keys and values once."""
+    del settings
+    return rows.fusion(d, passes=1 + NEGATIVES_PER_POSITIVE)
+
+
+OBJECTIVE = Objective(
+    name='itm', loss=itm, kinds=('pairs',), flops=itm_flops,
+    needs=frozenset({'image_tokens', 'image_mask', 'image_embedding', 'text_hidden',
+                     'text_embedding'}))

@@ -10,6 +10,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from xfm_jax import flops
+from xfm_jax.objectives.record import Objective
+
 
 def mim_loss(predicted, target, mim_mask):
     """MSE on the masked patches plus MSE on the pooled token 0.
@@ -40,3 +43,22 @@ def mim(model, enc: dict, batch: dict, rng, settings: ml_collections.ConfigDict,
     predicted = model.encode_image(batch['image'], mim_mask, train=enc['train'])
     patch_loss, pooled_loss = mim_loss(predicted, target, mim_mask)
     return patch_loss + pooled_loss, {'mim_patch_loss': patch_loss, 'mim_pooled_loss': pooled_loss}
+
+
+def mim_flops(d: flops.Dims, rows: flops.Rows, settings) -> int:
+    """The masked pass of the vision encoder (the target is the shared unmasked pass)."""
+    del settings
+    return rows.images * flops.vision_forward(d)
+
+
+def needs_mask_token(model) -> str:
+    """MIM's masked pass replaces patches with the vision tower's mask token (X-FM only)."""
+    if model.vision.use_mask_token:
+        return ''
+    return ('a vision mask token; this model has model.vision.use_mask_token=False '
+            '(X²-VLM has no MIM)')
+
+
+OBJECTIVE = Objective(name='mim', loss=mim, needs=frozenset({'image_tokens'}),
+                      kinds=('image', 'pairs'), fields=('image', 'mim_mask'), flops=mim_flops,
+                      model_check=needs_mask_token)

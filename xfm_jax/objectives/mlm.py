@@ -9,6 +9,9 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from xfm_jax import flops
+from xfm_jax.objectives.record import Objective
+
 
 def masked_lm_loss(logits, targets, weights):
     """Weighted mean CE at the masked positions.
@@ -51,3 +54,12 @@ def mlm(model, enc: dict, batch: dict, rng, settings: ml_collections.ConfigDict)
                                                 settings.get('max_predictions', 0))
     loss, accuracy = masked_lm_loss(model.text_mlm_logits(hidden), targets, weights)
     return loss, {'mlm_accuracy': accuracy}
+
+
+def mlm_flops(d: flops.Dims, rows: flops.Rows, settings) -> int:
+    """The language encoder on the masked text and its MLM head on the predicted positions."""
+    return rows.pairs * (flops.text_forward(d, rows.text_len)
+                         + flops.mlm_head_forward(d, flops.mlm_positions(settings, rows.text_len)))
+
+
+OBJECTIVE = Objective(name='mlm', loss=mlm, needs=frozenset(), kinds=('text',), flops=mlm_flops)

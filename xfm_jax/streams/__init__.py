@@ -1,4 +1,4 @@
-"""The batch contract between the data pipeline and the train step.
+"""The batch contract between the data pipeline and the train step: the stream registry.
 
 A training batch is a dict ``{stream_name: {field: array}}`` holding any subset of the streams
 below. Every field has a leading global batch dimension ``B`` (per stream). Shapes use
@@ -11,64 +11,45 @@ Text fields shared by the text-bearing streams:
   masked_ids     int32 [.., L]   input_ids after MLM masking (80/10/10)
   mlm_targets    int32 [.., L]   original ids (only read where mlm_weights > 0)
   mlm_weights    float32 [.., L] 1.0 at masked positions, else 0.0
+
+Each stream is one record (``record.Stream``) in a file of its own here; ``STREAMS`` registers
+them. Its order is the streams' order everywhere (update groups, per-stream seeds), so a new
+stream goes at the end: one file plus one line below.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-TEXT_FIELDS = ('input_ids', 'attention_mask', 'masked_ids', 'mlm_targets', 'mlm_weights')
+from xfm_jax.streams import image, image_text, region, text, video
+from xfm_jax.streams.record import TEXT_FIELDS, Stream
 
-# field -> (dtype, shape suffix after the batch dim, expressed with symbols).
-STREAMS = {
-    'text': {f: None for f in TEXT_FIELDS},
-    'image': {
-        'image': ('float32', ('H', 'W', 3)),  # CLIP-normalised pixels
-        'mim_mask': ('bool', ('N',)),  # exactly `mim.num_masked` True per row
-    },
-    'image_text': {
-        'image': ('float32', ('H', 'W', 3)),
-        'image_id': ('int32', ()),  # equal ids mark the same image (soft ITC targets)
-        'mim_mask': ('bool', ('N',)),
-        **{f: None for f in TEXT_FIELDS},
-    },
-    'region': {
-        'image': ('float32', ('H', 'W', 3)),
-        'image_id': ('int32', ()),
-        # K texts per image, each about one box (or the whole image).
-        **{f: 'region_text' for f in TEXT_FIELDS},
-        'patch_mask': ('bool', ('K', 'N')),  # patches covered by the box
-        'box': ('float32', ('K', 4)),  # normalised (cx, cy, w, h)
-        'box_valid': ('float32', ('K',)),  # 0 for whole-image captions and padding texts
-        'text_valid': ('float32', ('K',)),  # 0 for padding texts
-    },
-    'video': {
-        'frames': ('float32', ('F', 'H', 'W', 3)),
-        'video_id': ('int32', ()),
-        **{f: None for f in TEXT_FIELDS},
-    },
-}
-
-_TEXT_DTYPES = {'input_ids': 'int32', 'attention_mask': 'int32', 'masked_ids': 'int32',
-                'mlm_targets': 'int32', 'mlm_weights': 'float32'}
+STREAMS: dict[str, Stream] = {s.name: s for s in (
+    text.STREAM, image.STREAM, image_text.STREAM, region.STREAM, video.STREAM)}
 
 
-def field_specs(stream: str, *, batch: int, text_len: int, image_size: int, patch_size: int,
-                region_texts: int = 1, frames: int = 1) -> dict[str, tuple[tuple[int, ...], str]]:
+def get(name: str) -> Stream:
+    """The record of stream ``name``; a ValueError names the known ones."""
+    if name not in STREAMS:
+        raise ValueError(f'Unknown stream {name!r}; expected one of {list(STREAMS)}.')
+    return STREAMS[name]
+
+
+def batch_shape(config, name: str) -> dict[str, int]:
+    """The shape of stream ``name`` in a run config: ``batch`` and the ``config.batch.<name>``
+    keys its fields read (text_len, region_texts, frames)."""
+    section = config.batch[name]
+    return {'batch': section.batch_size, **{key: section[key] for key in get(name).sizes}}
+
+
+def field_specs(stream: str, *, batch: int, text_len: int = 1, image_size: int,
+                patch_size: int, region_texts: int = 1,
+                frames: int = 1) -> dict[str, tuple[tuple[int, ...], str]]:
     """Returns ``{field: (shape, dtype)}`` for one stream with concrete sizes."""
-    if stream not in STREAMS:
-        raise ValueError(f'Unknown stream {stream!r}; expected one of {sorted(STREAMS)}.')
-    sizes = {'H': image_size, 'W': image_size, 'N': (image_size // patch_size) ** 2,
-             'K': region_texts, 'F': frames, 'L': text_len}
-    specs = {}
-    for name, spec in STREAMS[stream].items():
-        if spec is None or spec == 'region_text':
-            prefix = (region_texts,) if spec == 'region_text' else ()
-            specs[name] = ((batch, *prefix, text_len), _TEXT_DTYPES[name])
-        else:
-            dtype, suffix = spec
-            specs[name] = ((batch, *(sizes.get(s, s) for s in suffix)), dtype)
-    return specs
+    symbols = {'H': image_size, 'W': image_size, 'N': (image_size // patch_size) ** 2,
+               'K': region_texts, 'F': frames, 'L': text_len}
+    return {name: ((batch, *(symbols.get(s, s) for s in suffix)), dtype)
+            for name, (dtype, suffix) in get(stream).fields.items()}
 
 
 def synthetic_batch(stream: str, rng: np.random.Generator, *, vocab_size: int, pad_id: int,
@@ -108,3 +89,7 @@ def synthetic_batch(stream: str, rng: np.random.Generator, *, vocab_size: int, p
         out['mlm_weights'] = weights.astype(np.float32)
         out['masked_ids'] = np.where(weights, mask_id, out['input_ids']).astype(np.int32)
     return out
+
+
+__all__ = ['STREAMS', 'Stream', 'TEXT_FIELDS', 'batch_shape', 'field_specs', 'get',
+           'synthetic_batch']

@@ -1,0 +1,16 @@
+"""Image stream: images alone, for masked image modelling."""
+
+from xfm_jax.streams.record import Stream, encode_image
+
+STREAM = Stream(
+    name='image',
+    fields={
+        'image': ('float32', ('H', 'W', 3)),  # CLIP-normalised pixels
+        'mim_mask': ('bool', ('N',)),  # exactly `mim.num_masked` True per row
+    },
+    encode_images=encode_image,
+    record='xfm_jax.data.tasks:image_record',
+    record_features={'image': ('string', 0)},
+    reads=('image', 'image_key'),
+    schemas=('image_text',),
+)

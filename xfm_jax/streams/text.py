@@ -1,0 +1,13 @@
+"""Text stream: sentences alone, for masked language modelling on the language encoder."""
+
+from xfm_jax.streams.record import Stream, text_fields
+
+STREAM = Stream(
+    name='text',
+    fields=text_fields(),
+    sizes=('text_len',),
+    record='xfm_jax.data.tasks:text_record',
+    record_features={'text_ids': ('int32', 1)},
+    reads=('text',),
+    schemas=('text',),
+)
