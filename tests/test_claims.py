@@ -63,9 +63,11 @@ FIGURES = {('reference', 0): (80.0, 60.0, 50.0), ('reference', 1): (84.0, 62.0, 
 
 def _metrics(arm, seed, job):
     sentiment, vqa, linear = FIGURES[arm, seed]
-    return {'sentiment': {'accuracy': sentiment}, 'easy_vqa': {'accuracy': vqa},
-            'pretrain': {'retrieval/itc/i2t_r1': 5.0, 'retrieval/itc/t2i_r1': 4.0,
-                         'linear_probe/test_top1': linear, 'mlp_probe/test_top1': 50.0}}[job]
+    return {'sentiment': {'accuracy': sentiment, 'chance/accuracy': 49.7},
+            'easy_vqa': {'accuracy': vqa, 'chance/accuracy': 37.3},
+            'pretrain': {'retrieval/itc/i2t_r1': 5.0, 'retrieval/chance/i2t_r1': 0.5,
+                         'retrieval/itc/t2i_r1': 4.0, 'linear_probe/test_top1': linear,
+                         'linear_probe/majority_class': 11.0, 'mlp_probe/test_top1': 50.0}}[job]
 
 
 def test_table_and_resumption(claims, tmp_path, monkeypatch, capsys):
@@ -104,15 +106,15 @@ def test_table_and_resumption(claims, tmp_path, monkeypatch, capsys):
     # 78.5, std sqrt(0.5) = 0.71; paired differences 2, 5: 3.5, std sqrt(4.5) = 2.12.
     sentiment = 'movie-review sentiment, head on the frozen model, accuracy'
     assert rows['(a) stop-gradient', sentiment] == [
-        '82.0 ± 2.8 (2)', '78.5 ± 0.7 (2)', '3.5 ± 2.1 (2)', 'on > off']
+        '82.0 ± 2.8 (2)', '78.5 ± 0.7 (2)', '3.5 ± 2.1 (2)', '49.7', 'on > off']
     assert rows['(a) stop-gradient', 'synthetic zero-shot retrieval, image->text R@1'] == [
-        '5.0 ± 0.0 (2)', '5.0 ± 0.0 (2)', '0.0 ± 0.0 (2)', 'on ≈ off']
+        '5.0 ± 0.0 (2)', '5.0 ± 0.0 (2)', '0.0 ± 0.0 (2)', '0.5', 'on ≈ off']
     # Linear probe, no MIM 40, 44: mean 42, std 2.83; differences 10, 8: 9.0, std 1.41.
     assert rows['(b) VL-guided MIM', 'Fashion-MNIST linear probe (frozen), top-1'] == [
-        '51.0 ± 1.4 (2)', '42.0 ± 2.8 (2)', '9.0 ± 1.4 (2)', 'on > off']
+        '51.0 ± 1.4 (2)', '42.0 ± 2.8 (2)', '9.0 ± 1.4 (2)', '11.0', 'on > off']
     # easy-VQA under claim (b): reference 60, 62 vs 55, 57: differences 5, 5.
     assert rows['(b) VL-guided MIM', 'easy-VQA, answer head on the frozen model, accuracy'] == [
-        '61.0 ± 1.4 (2)', '56.0 ± 1.4 (2)', '5.0 ± 0.0 (2)', 'on > off']
+        '61.0 ± 1.4 (2)', '56.0 ± 1.4 (2)', '5.0 ± 0.0 (2)', '37.3', 'on > off']
 
 
 def test_partial_table(claims):
@@ -126,7 +128,11 @@ def test_partial_table(claims):
             for line in lines.splitlines()[2:]}
     assert '| 72.0 ± 2.8 (2) | 71.0 ± 0.0 (1) | -1.0 ± 0.0 (1) |' in rows[
         '(a) stop-gradient', 'movie-review sentiment, head on the frozen model, accuracy']
-    assert '| - | - | - |' in rows['(b) VL-guided MIM', 'Fashion-MNIST MLP probe (frozen), top-1']
+    assert '| - | - | - | - |' in rows[
+        '(b) VL-guided MIM', 'Fashion-MNIST MLP probe (frozen), top-1']
+    # R@10 rows read metrics that the fake results lack: no figures, no chance.
+    assert '| - | - | - | - |' in rows[
+        '(a) stop-gradient', 'synthetic zero-shot retrieval, text->image R@10']
     assert 'not installed: pip install x' in rows[
         '(b) VL-guided MIM', 'easy-VQA, answer head on the frozen model, accuracy']
 
