@@ -30,6 +30,7 @@ import seqio
 import tensorflow as tf
 from jax.experimental import multihost_utils
 
+from xfm_jax import streams
 from xfm_jax.data import augment, tasks, vocab as vocab_lib
 
 Sharding = Union[jax.sharding.Sharding, Callable[[str, str], jax.sharding.Sharding], None]
@@ -100,7 +101,7 @@ class _StreamReader:
     def __init__(self, stream, config, mixture, *, seed, process_index, process_count,
                  position, split, specials, batch_size):
         self.stream, self.config, self.specials = stream, config, specials
-        self.stream_seed = _seed(seed, tasks.STREAMS.index(stream), process_index)
+        self.stream_seed = _seed(seed, list(streams.STREAMS).index(stream), process_index)
         mixture = seqio.get_mixture_or_task(mixture)
         rates = np.array([mixture.get_rate(task) for task in mixture.tasks], np.float64)
         self._probabilities = rates / rates.sum()

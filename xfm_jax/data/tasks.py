@@ -1,8 +1,9 @@
 """seqio Tasks (one per source and stream) and Mixtures (one per stream) built from a data config.
 
 A task reads a TFDS source in one of the canonical schemas (builders/schema.py), cleans and
-tokenises its texts and emits the stream's *raw* record; random augmentation and masking happen
-later in pipeline.py, seeded per example. Raw records per stream (L = text length):
+tokenises its texts and emits the stream's *raw* record (the map its record in xfm_jax/streams/
+names, with its ``record_features``); random augmentation and masking happen later in
+pipeline.py, seeded per example. Raw records per stream (L = text length):
 
   text:       text_ids int32 [L]
   image:      image string []
@@ -32,12 +33,11 @@ import seqio
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from xfm_jax import paths
+from xfm_jax import paths, streams as streams_lib
 from xfm_jax.data import text_ops, vocab as vocab_lib
 from xfm_jax.data.builders import schema, user as user_builder
 
 SKIP_REASONS = ('ok', 'empty_text', 'no_boxes')
-STREAMS = ('text', 'image', 'image_text', 'region', 'video')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,12 +69,6 @@ SOURCES = {
     'fortunes': Source(_CORPORA, 'xfm_text_corpora/fortunes', 'text'),
 }
 
-# Streams each schema can feed; 'vqa_image_text' reads question-answer pairs as captions.
-# Image pairs (NLVR2) feed no pre-training stream, only fine-tuning (finetuning/nlvr.py).
-_SCHEMA_STREAMS = {'image_text': ('image_text', 'image'), 'video': ('video',),
-                   'text': ('text',), 'image_pair': ()}
-
-
 def sources(config=None) -> dict[str, Source]:
     """SOURCES plus ``config.user_sources`` ({name: xfm_user config fields}, builders/user.py),
     with ``config.builder_kwargs`` ({source: {kwarg: value}}) applied."""
@@ -105,15 +99,19 @@ def sources(config=None) -> dict[str, Source]:
 
 
 def task_names(config=None) -> list[str]:
-    """Every task name that ``register`` knows: f'{source}_{stream}' (and '_vqa_image_text',
-    '_region')."""
+    """Every task name that ``register`` knows: f'{source}_{stream}' for each stream the
+    source's schema feeds (``Stream.schemas``, ``source_flag``), and f'{source}_vqa_{stream}',
+    question-answer pairs as captions, where the source has them and the stream a QA form.
+    Image pairs (NLVR2) feed no pre-training stream, only fine-tuning (finetuning/nlvr.py)."""
     names = []
     for source_name, source in sources(config).items():
-        names += [f'{source_name}_{s}' for s in _SCHEMA_STREAMS[source.schema]]
-        if source.qa:
-            names.append(f'{source_name}_vqa_image_text')
-        if source.regions:
-            names.append(f'{source_name}_region')
+        for stream in streams_lib.STREAMS.values():
+            if source.schema not in stream.schemas:
+                continue
+            if not stream.source_flag or getattr(source, stream.source_flag):
+                names.append(f'{source_name}_{stream.name}')
+            if source.qa and stream.qa_reads:
+                names.append(f'{source_name}_vqa_{stream.name}')
     return names
 
 
@@ -212,7 +210,7 @@ def source_records(source: Source, data_dir: str | None, split: str,
 
 def with_pick_seed(records: tf.data.Dataset, seeds: tf.data.Dataset) -> tf.data.Dataset:
     """Adds ``pick_seed`` int64 [2] to every record: the stateless seed that chooses which of an
-    image's (or clip's) captions the record yields (see ``_pairs``)."""
+    image's (or clip's) captions the record yields (see ``pair_record``)."""
     return tf.data.Dataset.zip(records, seeds).map(lambda ex, s: {**ex, 'pick_seed': s})
 
 
@@ -245,7 +243,10 @@ def _skip_if(condition: tf.Tensor, reason: str) -> tf.Tensor:
     return tf.where(condition, SKIP_REASONS.index(reason), 0)
 
 
-def _text_record(ex, *, tokenize):
+# Every maker takes the same keywords (Stream.record); each reads the ones it needs.
+
+def text_record(ex, *, tokenize, clean, use_qa):
+    del clean, use_qa  # sentences are tokenised as they are
     text = ex['text']
     return {'text_ids': tokenize(text), 'key': tf.strings.substr(text, 0, 40),
             'skip': _skip_if(tf.strings.length(tf.strings.strip(text)) == 0, 'empty_text')}
@@ -258,7 +259,7 @@ def _pick(texts: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
     return tf.concat([texts, ['']], 0)[tf.minimum(choice, count)]
 
 
-def _pairs(ex, *, tokenize, clean, use_qa):
+def pair_record(ex, *, tokenize, clean, use_qa):
     """One image with C captions -> one (image, caption) record: a caption drawn per visit, so
     every visit of the image is one addressable record (the reference recipes draw the same)."""
     if use_qa:
@@ -271,11 +272,13 @@ def _pairs(ex, *, tokenize, clean, use_qa):
             'skip': _skip_if(tf.strings.length(caption) == 0, 'empty_text')}
 
 
-def _image_record(ex):
+def image_record(ex, *, tokenize, clean, use_qa):
+    del tokenize, clean, use_qa  # no text
     return {'image': ex['image'], 'key': ex['image_key'], 'skip': tf.constant(0)}
 
 
-def _region_record(ex, *, tokenize, clean):
+def region_record(ex, *, tokenize, clean, use_qa):
+    del use_qa
     phrases = clean(ex['objects']['phrase'])
     return {'image': ex['image'], 'image_id': _image_id(ex['image_key']), 'key': ex['image_key'],
             'caption_ids': tokenize(clean(ex['captions'])),
@@ -284,8 +287,9 @@ def _region_record(ex, *, tokenize, clean):
             'skip': _skip_if(tf.shape(phrases)[0] == 0, 'no_boxes')}
 
 
-def _video_pairs(ex, *, tokenize, clean):
-    """One clip with C captions -> one (clip, caption) record (as ``_pairs``)."""
+def video_record(ex, *, tokenize, clean, use_qa):
+    """One clip with C captions -> one (clip, caption) record (as ``pair_record``)."""
+    del use_qa
     caption = clean(_pick(ex['captions'], ex['pick_seed']))
     return {'frames': ex['frames'], 'video_id': _image_id(ex['video_key']),
             'key': ex['video_key'], 'text_ids': tokenize(caption),
@@ -302,23 +306,16 @@ def _map(fn: Callable) -> Callable:
 
 
 def output_features(stream: str) -> dict[str, seqio.Feature]:
-    """Declared features per stream (see the module docstring)."""
+    """Declared features per stream: its record's ``record_features``, ``skip`` and ``source``."""
     passthrough = seqio.PassThroughVocabulary(1)
 
     def feature(dtype, rank):
-        return seqio.Feature(passthrough, add_eos=False, dtype=dtype, rank=rank)
+        return seqio.Feature(passthrough, add_eos=False, dtype=tf.as_dtype(dtype), rank=rank)
 
-    ids, image, id_ = feature(tf.int32, 1), feature(tf.string, 0), feature(tf.int32, 0)
-    per_stream = {
-        'text': {'text_ids': ids},
-        'image': {'image': image},
-        'image_text': {'image': image, 'image_id': id_, 'text_ids': ids},
-        'region': {'image': image, 'image_id': id_, 'caption_ids': feature(tf.int32, 2),
-                   'boxes': feature(tf.float32, 2), 'phrase_ids': feature(tf.int32, 2)},
-        'video': {'frames': feature(tf.string, 1), 'video_id': id_, 'text_ids': ids},
-    }
+    declared = streams_lib.get(stream).record_features
     # skip: 0 or an index into SKIP_REASONS; source: 'task:key', named when a record is skipped.
-    return {**per_stream[stream], 'skip': id_, 'source': image}
+    return {**{name: feature(*spec) for name, spec in declared.items()},
+            'skip': feature('int32', 0), 'source': feature('string', 0)}
 
 
 def register(config) -> dict[str, str]:
@@ -418,7 +415,7 @@ def warn_on_caption_fit(config) -> None:
         return
     all_sources, vocab = sources(config), make_vocabulary(config.vocab)
     for stream, stream_config in config.streams.items():
-        if stream == 'image':
+        if not streams_lib.get(stream).has_text:
             continue
         for task_name, _ in stream_config.mixture:
             source_name, task_stream = _split_task_name(task_name, all_sources)
@@ -452,7 +449,8 @@ def warn_on_caption_fit(config) -> None:
 def _split_task_name(task_name: str, known: dict) -> tuple[str, str]:
     """'{source}_{stream}' -> (source, stream); the stream is the part after a known source
     ('easy_vqa_image_text' is easy_vqa's image_text, not easy's vqa_image_text)."""
-    for stream in ('vqa_image_text',) + STREAMS:
+    qa_streams = tuple(f'vqa_{s.name}' for s in streams_lib.STREAMS.values() if s.qa_reads)
+    for stream in qa_streams + tuple(streams_lib.STREAMS):
         source = task_name.removesuffix('_' + stream)
         if source != task_name and source in known:
             return source, stream
@@ -460,32 +458,22 @@ def _split_task_name(task_name: str, known: dict) -> tuple[str, str]:
                      f'in {sorted(known)}.')
 
 
-# The schema features each stream's preprocessor reads: only these are parsed (parsing a scene's
-# boxes and question-answer pairs too doubled the image_text parse time; BENCHMARKS.md).
-_READS = {'text': ('text',), 'image': ('image', 'image_key'),
-          'image_text': ('image', 'image_key', 'captions'),
-          'vqa_image_text': ('image', 'image_key', 'qa'),
-          'region': ('image', 'image_key', 'captions', 'objects'),
-          'video': ('frames', 'video_key', 'captions')}
-
-
 def _register_task(name, source, stream, vocab, specials, *, text_len, data_dir, max_words,
                    use_qa):
+    record = streams_lib.get(stream)
+    module, function = record.record.split(':')
+    make_record = getattr(importlib.import_module(module), function)
     tokenize = functools.partial(text_ops.tokenize_wrapped, vocab, specials, length=text_len)
     clean = functools.partial(text_ops.clean_caption, max_words=max_words)
-    preprocessors = {
-        'text': [_map(functools.partial(_text_record, tokenize=tokenize))],
-        'image': [_map(_image_record)],
-        'image_text': [_map(functools.partial(_pairs, tokenize=tokenize, clean=clean,
-                                              use_qa=use_qa))],
-        'region': [_map(functools.partial(_region_record, tokenize=tokenize, clean=clean))],
-        'video': [_map(functools.partial(_video_pairs, tokenize=tokenize, clean=clean))],
-    }[stream]
-    preprocessors.append(_map(functools.partial(_tag_source, task=name)))
+    preprocessors = [
+        _map(functools.partial(make_record, tokenize=tokenize, clean=clean, use_qa=use_qa)),
+        _map(functools.partial(_tag_source, task=name))]
     seqio.TaskRegistry.remove(name)
     # Preprocessors map one source record to one stream record (no filter, no flat_map), so a
-    # stream record is addressed by its source record's index (pipeline.py).
-    reads = _READS['vqa_' + stream if use_qa else stream]
+    # stream record is addressed by its source record's index (pipeline.py). Only the schema
+    # features the record reads are parsed (parsing a scene's boxes and question-answer pairs
+    # too doubled the image_text parse time; BENCHMARKS.md).
+    reads = record.qa_reads if use_qa else record.reads
     seqio.TaskRegistry.add(name, source=_RecordSource(source, data_dir, reads),
                            preprocessors=preprocessors, output_features=output_features(stream))
 
