@@ -1,5 +1,5 @@
 """Per-example random processing of raw stream records (tasks.py) into the batch contract
-(xfm_jax/streams.py), in two stages:
+(xfm_jax/streams/), in two stages:
 
 1. ``tf_augment(stream, config)``: a tf.data map (parallel, C++): decode, crops, flip,
    RandAugment, CLIP normalisation, region crop and box selection, video frame sampling. Seeded by
