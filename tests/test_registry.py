@@ -40,6 +40,10 @@ def registered(monkeypatch):
                         dataclasses.replace(image_text.STREAM, name='captions'))
 
 
+def _magnitude(tree) -> float:
+    return sum(float(jnp.abs(g).sum()) for g in jax.tree.leaves(tree))
+
+
 def _toy_config():
     config = xfm_base.get_config('tiny')
     for stream in list(config.streams):
@@ -80,9 +84,8 @@ def test_a_registered_objective_is_trained_and_counted(registered):
     np.testing.assert_allclose(metrics['image_text/agreement_cosine'], cosine, rtol=1e-5)
     np.testing.assert_allclose(loss, metrics['image_text/agreement_loss'])
     # It trains the towers it reads, and nothing it does not (the fusion).
-    magnitude = lambda tree: sum(float(jnp.abs(g).sum()) for g in jax.tree.leaves(tree))  # noqa: E731
-    assert magnitude(grads['vision_proj']) > 0 and magnitude(grads['text_proj']) > 0
-    assert magnitude(grads['fusion_encoder']) == 0
+    assert _magnitude(grads['vision_proj']) > 0 and _magnitude(grads['text_proj']) > 0
+    assert _magnitude(grads['fusion_encoder']) == 0
 
     # FLOPs: the shared encodings it needs and its own count, from the model's formulas.
     d = flops.Dims.from_config(config.model)
