@@ -113,3 +113,12 @@ def _with_captions(config):
     config.streams.captions = {'itc': 1.0}
     config.train.schedule = 'summed'
     return config
+
+
+def test_every_stream_names_its_data_stages():
+    """The data side of each record resolves: its raw-record map and both augmentation stages,
+    and the fields it passes through are fields of its batch contract."""
+    for record in streams.STREAMS.values():
+        for path in (record.record, record.augment, record.finalize):
+            assert callable(streams.resolve(path)), (record.name, path)
+        assert set(record.passthrough) <= set(record.fields), record.name

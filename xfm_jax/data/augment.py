@@ -1,12 +1,16 @@
 """Per-example random processing of raw stream records (tasks.py) into the batch contract
 (xfm_jax/streams/), in two stages:
 
-1. ``tf_augment(stream, config)``: a tf.data map (parallel, C++): decode, crops, flip,
+1. ``tf_augment(stream, config, pad_id)``: a tf.data map (parallel, C++): decode, crops, flip,
    RandAugment, CLIP normalisation, region crop and box selection, video frame sampling. Seeded by
    a stateless seed [2] = (stream seed, example index).
 2. ``finalize(stream, record, rng, config, specials)``: numpy, per example: MLM masking, MIM
    masks, patch masks and normalised boxes. Seeded by a ``np.random.Generator`` from the same
    (stream seed, example index).
+
+Each stream's record (``xfm_jax/streams/<name>.py``) names its two functions here
+(``augment``: ``fn(ex, seed, config, pad_id) -> dict``; ``finalize``: ``fn(ex, rng, config,
+specials) -> dict``) and the ``passthrough`` fields the first already gives in final form.
 
 Both depend only on the example's index, never on batching, so a resumed run reproduces the
 uninterrupted run exactly.
@@ -17,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from xfm_jax import streams as streams_lib
 from xfm_jax.data import image_ops, masking
 from xfm_jax.data.vocab import SpecialIds
 
@@ -31,7 +36,7 @@ def _augment_image(encoded, seed, config):
     return image_ops.normalize(image)
 
 
-def _region(ex, seed, config, pad_id):
+def region_augment(ex, seed, config, pad_id):
     """Crop around a random anchor box, flip, colour-only RandAugment, choose up to K texts.
 
     Output: image [S, S, 3]; region_ids int32 [K, L]; box_pixels float32 [K, 4] (x, y, w, h
@@ -79,8 +84,9 @@ def _region(ex, seed, config, pad_id):
     }
 
 
-def _video(ex, seed, config):
+def video_augment(ex, seed, config, pad_id):
     """F frames, one per equal segment of the clip (random within it), all augmented alike."""
+    del pad_id
     frames = ex['frames']
     num = config.streams.video.frames
     total = tf.shape(frames)[0]
@@ -95,22 +101,29 @@ def _video(ex, seed, config):
     return {'frames': augmented, 'video_id': ex['video_id'], 'text_ids': ex['text_ids']}
 
 
+def text_augment(ex, seed, config, pad_id):
+    del seed, config, pad_id
+    return {'text_ids': ex['text_ids']}
+
+
+def image_augment(ex, seed, config, pad_id):
+    del pad_id
+    return {'image': _augment_image(ex['image'], seed, config)}
+
+
+def image_text_augment(ex, seed, config, pad_id):
+    del pad_id
+    return {'image': _augment_image(ex['image'], seed, config), 'image_id': ex['image_id'],
+            'text_ids': ex['text_ids']}
+
+
 def tf_augment(stream: str, config, pad_id: int):
-    """Returns ``fn(index, seed, record) -> record`` for ``tf.data.Dataset.map``."""
+    """Returns ``fn(index, seed, record) -> record`` for ``tf.data.Dataset.map``: the stream
+    record's ``augment``, plus the pipeline's bookkeeping fields."""
+    augment = streams_lib.resolve(streams_lib.get(stream).augment)
+
     def fn(index, seed, ex):
-        if stream == 'text':
-            out = {'text_ids': ex['text_ids']}
-        elif stream == 'image':
-            out = {'image': _augment_image(ex['image'], seed, config)}
-        elif stream == 'image_text':
-            out = {'image': _augment_image(ex['image'], seed, config),
-                   'image_id': ex['image_id'], 'text_ids': ex['text_ids']}
-        elif stream == 'region':
-            out = _region(ex, seed, config, pad_id)
-        elif stream == 'video':
-            out = _video(ex, seed, config)
-        else:
-            raise ValueError(f'Unknown stream {stream!r}.')
+        out = augment(ex, seed, config, pad_id)
         return {**out, 'index': index, 'skip': ex['skip'], 'source': ex['source']}
     return fn
 
@@ -130,36 +143,47 @@ def text_fields(ids: np.ndarray, rng: np.random.Generator, mlm, specials: Specia
             'mlm_targets': ids, 'mlm_weights': weights}
 
 
-# Fields ``tf_augment`` already produces in their final form: taken from the tf.data batch as is
-# (no per-example copy of the images in Python).
-PASSTHROUGH = {
-    'text': (),
-    'image': ('image',),
-    'image_text': ('image', 'image_id'),
-    'region': ('image', 'image_id', 'box_valid', 'text_valid'),
-    'video': ('frames', 'video_id'),
-}
+def _mim_mask(rng, config) -> dict[str, np.ndarray]:
+    return {'mim_mask': masking.block_mim_mask(
+        rng, grid=config.image_size // config.patch_size, num_masked=config.mim.num_masked,
+        min_block=config.mim.min_block)}
+
+
+def text_finalize(ex, rng, config, specials):
+    return text_fields(ex['text_ids'], rng, config.streams.text.mlm, specials,
+                       config.vocab.vocab_size)
+
+
+def image_finalize(ex, rng, config, specials):
+    del ex, specials
+    return _mim_mask(rng, config)
+
+
+def image_text_finalize(ex, rng, config, specials):
+    return {**_mim_mask(rng, config),
+            **text_fields(ex['text_ids'], rng, config.streams.image_text.mlm, specials,
+                          config.vocab.vocab_size)}
+
+
+def region_finalize(ex, rng, config, specials):
+    mlm = config.streams.region.mlm
+    rows = [text_fields(ids, rng, mlm, specials, config.vocab.vocab_size, bool(valid))
+            for ids, valid in zip(ex['region_ids'], ex['text_valid'])]
+    out = {name: np.stack([r[name] for r in rows]) for name in rows[0]}
+    out.update(
+        patch_mask=masking.box_patch_mask(ex['box_pixels'], image_size=config.image_size,
+                                          patch_size=config.patch_size),
+        box=masking.box_to_cxcywh(ex['box_pixels'], config.image_size))
+    return out
+
+
+def video_finalize(ex, rng, config, specials):
+    return text_fields(ex['text_ids'], rng, config.streams.video.mlm, specials,
+                       config.vocab.vocab_size)
 
 
 def finalize(stream: str, ex: dict, rng: np.random.Generator, config,
              specials: SpecialIds) -> dict[str, np.ndarray]:
     """Numpy stage: one augmented record -> the example's remaining contract fields (all but
-    ``PASSTHROUGH[stream]``)."""
-    stream_config = config.streams[stream]
-    vocab_size = config.vocab.vocab_size
-    grid = config.image_size // config.patch_size
-    out = {}
-    if stream in ('image', 'image_text'):
-        out['mim_mask'] = masking.block_mim_mask(rng, grid=grid, num_masked=config.mim.num_masked,
-                                                 min_block=config.mim.min_block)
-    if stream in ('text', 'image_text', 'video'):
-        out.update(text_fields(ex['text_ids'], rng, stream_config.mlm, specials, vocab_size))
-    if stream == 'region':
-        rows = [text_fields(ids, rng, stream_config.mlm, specials, vocab_size, bool(valid))
-                for ids, valid in zip(ex['region_ids'], ex['text_valid'])]
-        out = {name: np.stack([r[name] for r in rows]) for name in rows[0]}
-        out.update(
-            patch_mask=masking.box_patch_mask(ex['box_pixels'], image_size=config.image_size,
-                                              patch_size=config.patch_size),
-            box=masking.box_to_cxcywh(ex['box_pixels'], config.image_size))
-    return out
+    the record's ``passthrough``), by the stream record's ``finalize``."""
+    return streams_lib.resolve(streams_lib.get(stream).finalize)(ex, rng, config, specials)

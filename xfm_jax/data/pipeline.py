@@ -199,7 +199,7 @@ class _StreamReader:
                 continue
             # Contiguous rows are a view of the tf.data batch; skipped rows cost one copy.
             rows = slice(used[0], used[-1] + 1) if used[-1] - used[0] + 1 == len(used) else used
-            for field in augment.PASSTHROUGH[self.stream]:
+            for field in streams.get(self.stream).passthrough:
                 columns[field].append(batch[field][rows])
             for row in used:
                 ex = {field: value[row] for field, value in batch.items()}

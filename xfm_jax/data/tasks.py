@@ -461,8 +461,7 @@ def _split_task_name(task_name: str, known: dict) -> tuple[str, str]:
 def _register_task(name, source, stream, vocab, specials, *, text_len, data_dir, max_words,
                    use_qa):
     record = streams_lib.get(stream)
-    module, function = record.record.split(':')
-    make_record = getattr(importlib.import_module(module), function)
+    make_record = streams_lib.resolve(record.record)
     tokenize = functools.partial(text_ops.tokenize_wrapped, vocab, specials, length=text_len)
     clean = functools.partial(text_ops.clean_caption, max_words=max_words)
     preprocessors = [

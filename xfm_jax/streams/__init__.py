@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from xfm_jax.streams import image, image_text, region, text, video
-from xfm_jax.streams.record import TEXT_FIELDS, Stream
+from xfm_jax.streams.record import TEXT_FIELDS, Stream, resolve
 
 STREAMS: dict[str, Stream] = {s.name: s for s in (
     text.STREAM, image.STREAM, image_text.STREAM, region.STREAM, video.STREAM)}

@@ -10,6 +10,8 @@ that reads it, import no TensorFlow.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import importlib
 from typing import Callable, Mapping
 
 import jax.numpy as jnp
@@ -32,6 +34,13 @@ def all_tokens(model, image_tokens, batch) -> dict:
     """The default image keys of a pair: every token of its image (one pair row per image)."""
     del model, batch
     return {'image_mask': jnp.ones(image_tokens.shape[:2], jnp.int32)}
+
+
+@functools.lru_cache(maxsize=None)
+def resolve(path: str) -> Callable:
+    """The function a record names as ``'module:function'`` (imported on first use)."""
+    module, function = path.split(':')
+    return getattr(importlib.import_module(module), function)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +71,9 @@ class Stream:
         must be true too (region: ``'regions'``).
       qa_reads: the schema features of its question-answer form, the tasks
         ``{source}_vqa_{name}`` of sources with ``qa``; () when it has none.
+      augment, finalize: ``'module:function'``, its raw record's two per-example stages
+        (``data/augment.py``: the tf.data map, then numpy); passthrough: the fields the tf.data
+        stage already gives in final form (taken from the tf.data batch as they are).
     """
     name: str
     fields: Mapping[str, tuple[str, tuple]]
@@ -77,6 +89,9 @@ class Stream:
     pair_tokens: int = 0
     source_flag: str | None = None
     qa_reads: tuple[str, ...] = ()
+    augment: str = ''
+    finalize: str = ''
+    passthrough: tuple[str, ...] = ()
 
     @property
     def has_text(self) -> bool:
