@@ -169,12 +169,12 @@ class XfmUser(tfds.core.GeneratorBasedBuilder):
         if not config.path:
             raise ValueError(f'xfm_user/{config.name}: data.user_sources.{config.name}.path is '
                              'empty; set it to the training file (or folder).')
-        field_names(config)  # an unknown preset fails before any file is read
         paths_ = {'train': config.path, 'validation': config.validation_path}
         make = self._beam_examples if getattr(self, '_beam', False) else self._generate_examples
         return {split: make(path, split) for split, path in paths_.items() if path}
 
     def _generate_examples(self, path: str, split: str):
+        field_names(self.builder_config)  # an unknown preset fails before any file is read
         log = schema.drop_log(self, split)
         yield from _examples(self.builder_config, _records(self.builder_config, path, split, log),
                              log)
@@ -187,6 +187,7 @@ class XfmUser(tfds.core.GeneratorBasedBuilder):
         the in-process build does, so both builds write the same records and metadata."""
         beam = tfds.core.lazy_imports.apache_beam
         config = self.builder_config
+        field_names(config)  # an unknown preset fails here, not in every worker
         log = schema.drop_log(self, split)  # what listing the units drops; workers add theirs
         if config.format in LINE_FORMATS:
             units = [(os.fspath(f),) for f in source_files(path, f'{config.format} file')]
