@@ -119,15 +119,10 @@ def main(argv):
                        _FORMAT.value)
     except (ValueError, FileNotFoundError) as error:
         cli.fatal(error, status=1)
+    from xfm_jax.data.builders import schema  # pylint: disable=import-outside-toplevel
     for name, splits in report.items():
         for split, counts in sorted(splits.items()):
-            accepted = counts.get('accepted') or 0
-            line = (f'{name}/{split}: accepted {accepted} of '
-                    f'{accepted + sum(counts.get("bad", {}).values())} records')
-            for key in ('bad', 'converted', 'dropped_parts'):
-                if counts.get(key):
-                    line += f'; {key} {dict(sorted(counts[key].items()))}'
-            print(line, flush=True)
+            print(schema.DropLog.from_accounting(f'{name}/{split}', counts).summary(), flush=True)
 
 
 if __name__ == '__main__':

@@ -119,6 +119,16 @@ class DropLog:
         """One kept image that needed a conversion of ``kind``."""
         self._count(self.converted, 'converted image:', self.name, kind, source, '')
 
+    @classmethod
+    def from_accounting(cls, name: str, counts: dict) -> 'DropLog':
+        """A DropLog holding a split's :func:`accounting` (e.g. to print its summary)."""
+        log = cls(name)
+        log.counts.update(counts.get('bad', {}))
+        log.converted.update(counts.get('converted', {}))
+        log.parts.update(counts.get('dropped_parts', {}))
+        log.accepted = counts.get('accepted') or 0
+        return log
+
     def summary(self) -> str:
         """'NAME: accepted N of M records; dropped {...}; converted {...}; dropped parts {...}'."""
         line = (f'{self.name}: accepted {self.accepted} of '

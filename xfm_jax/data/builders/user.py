@@ -202,20 +202,18 @@ class XfmUser(tfds.core.GeneratorBasedBuilder):
         query = pipeline_result.metrics().query(
             beam.metrics.MetricsFilter().with_namespace(_beam_namespace(self.builder_config)))
         metadata = self.info.metadata
+        accepted = metadata.setdefault('accepted', {})
         for counter in query['counters']:
             split, key, reason = counter.key.metric.name.split('/', 2)
             if key == 'accepted':
-                metadata.setdefault('accepted', {})[split] = (
-                    metadata.get('accepted', {}).get(split, 0) + counter.committed)
+                accepted[split] = accepted.get(split, 0) + counter.committed
             else:
                 metadata.setdefault(key, {}).setdefault(split, collections.Counter())[reason] += (
                     counter.committed)
-        for split in metadata.get('bad', {}):
-            log = schema.DropLog(f'{self.name}/{self.builder_config.name}/{split}')
-            log.counts.update(metadata['bad'][split])
-            log.converted.update(metadata.get('converted', {}).get(split, {}))
-            log.parts.update(metadata.get('dropped_parts', {}).get(split, {}))
-            log.accepted = metadata.setdefault('accepted', {}).setdefault(split, 0)
+        for split in metadata.get('bad', {}):  # every split built (drop_log registered it)
+            accepted.setdefault(split, 0)
+            log = schema.DropLog.from_accounting(f'{self.name}/{self.builder_config.name}/{split}',
+                                                 schema.accounting(metadata, split))
             logging.info('data build %s', log.summary())
 
 
