@@ -4,7 +4,7 @@
 1. ``tf_augment(stream, config, pad_id)``: a tf.data map (parallel, C++): decode, crops, flip,
    RandAugment, CLIP normalisation, region crop and box selection, video frame sampling. Seeded by
    a stateless seed [2] = (stream seed, example index).
-2. ``finalize(stream, record, rng, config, specials)``: numpy, per example: MLM masking, MIM
+2. the stream's ``*_finalize(record, rng, config, specials)``: numpy, per example: MLM masking, MIM
    masks, patch masks and normalised boxes. Seeded by a ``np.random.Generator`` from the same
    (stream seed, example index).
 
@@ -180,10 +180,3 @@ def region_finalize(ex, rng, config, specials):
 def video_finalize(ex, rng, config, specials):
     return text_fields(ex['text_ids'], rng, config.streams.video.mlm, specials,
                        config.vocab.vocab_size)
-
-
-def finalize(stream: str, ex: dict, rng: np.random.Generator, config,
-             specials: SpecialIds) -> dict[str, np.ndarray]:
-    """Numpy stage: one augmented record -> the example's remaining contract fields (all but
-    the record's ``passthrough``), by the stream record's ``finalize``."""
-    return streams_lib.resolve(streams_lib.get(stream).finalize)(ex, rng, config, specials)

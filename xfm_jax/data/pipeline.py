@@ -101,6 +101,8 @@ class _StreamReader:
     def __init__(self, stream, config, mixture, *, seed, process_index, process_count,
                  position, split, specials, batch_size):
         self.stream, self.config, self.specials = stream, config, specials
+        self.record = streams.get(stream)
+        self._finalize = streams.resolve(self.record.finalize)  # looked up once, run per row
         self.stream_seed = _seed(seed, list(streams.STREAMS).index(stream), process_index)
         mixture = seqio.get_mixture_or_task(mixture)
         rates = np.array([mixture.get_rate(task) for task in mixture.tasks], np.float64)
@@ -199,13 +201,13 @@ class _StreamReader:
                 continue
             # Contiguous rows are a view of the tf.data batch; skipped rows cost one copy.
             rows = slice(used[0], used[-1] + 1) if used[-1] - used[0] + 1 == len(used) else used
-            for field in streams.get(self.stream).passthrough:
+            for field in self.record.passthrough:
                 columns[field].append(batch[field][rows])
             for row in used:
                 ex = {field: value[row] for field, value in batch.items()}
                 rng = np.random.default_rng([self.stream_seed, int(ex['index'])])
-                for field, value in augment.finalize(self.stream, ex, rng, self.config,
-                                                     self.specials).items():
+                for field, value in self._finalize(ex, rng, self.config,
+                                                   self.specials).items():
                     columns[field].append(value[None])
         return {field: values[0] if len(values) == 1 else np.concatenate(values)
                 for field, values in columns.items()}
