@@ -110,6 +110,9 @@ class _StreamReader:
         self._readers = [_TaskReader(task, split, seed=seed, process_index=process_index,
                                      process_count=process_count) for task in mixture.tasks]
         self.names = [task.name for task in mixture.tasks]
+        # A row's ``source`` field: its task's place in the config's mixture (seqio sorts tasks).
+        order = streams.sources(config, stream)
+        self._source = [order.index(name) for name in self.names]
         position = position or {}
         self.position = int(position.get('position', 0))
         self.counts = [int(position.get('tasks', {}).get(name, 0)) for name in self.names]
@@ -165,11 +168,12 @@ class _StreamReader:
                             detail)
         self.dropped[reason] += 1
 
-    def _take(self, wanted: int) -> tuple[dict[str, np.ndarray], list[int]]:
-        """Up to ``wanted`` usable rows of the pending tf.data batch: (batch, row numbers)."""
+    def _take(self, wanted: int) -> tuple[dict[str, np.ndarray], list[int], list[int]]:
+        """Up to ``wanted`` usable rows of the pending tf.data batch: (batch, row numbers,
+        each row's ``source``)."""
         if self._pending is None or self._row == len(self._pending['index']):
             self._pending, self._row = next(self._batches), 0
-        batch, used = self._pending, []
+        batch, used, sources = self._pending, [], []
         while self._row < len(batch['index']) and len(used) < wanted:
             row = self._row
             self._row += 1
@@ -179,13 +183,14 @@ class _StreamReader:
                 self._report('undecodable', first,
                              f'position {self.position - 1} ({self.names[task]}) failed to '
                              'decode')
-            _, first = self._advance()
+            task, first = self._advance()
             if batch['skip'][row]:
                 self._report(tasks.SKIP_REASONS[batch['skip'][row]], first,
                              batch['source'][row].decode())
                 continue
             used.append(row)
-        return batch, used
+            sources.append(self._source[task])
+        return batch, used, sources
 
     def snapshot(self) -> dict:
         return {'position': self.position, 'tasks': dict(zip(self.names, self.counts)),
@@ -193,12 +198,13 @@ class _StreamReader:
 
     def next_batch(self, size: int) -> dict[str, np.ndarray]:
         parts = []
-        while sum(len(used) for _, used in parts) < size:
-            parts.append(self._take(size - sum(len(used) for _, used in parts)))
+        while sum(len(used) for _, used, _ in parts) < size:
+            parts.append(self._take(size - sum(len(used) for _, used, _ in parts)))
         columns = collections.defaultdict(list)
-        for batch, used in parts:
+        for batch, used, sources in parts:
             if not used:
                 continue
+            columns['source'].append(np.array(sources, np.int32))
             # Contiguous rows are a view of the tf.data batch; skipped rows cost one copy.
             rows = slice(used[0], used[-1] + 1) if used[-1] - used[0] + 1 == len(used) else used
             for field in self.record.passthrough:

@@ -5,6 +5,9 @@ below. Every field has a leading global batch dimension ``B`` (per stream). Shap
 ``L`` = text length, ``N`` = number of patches ``(image_size // patch_size) ** 2``,
 ``K`` = region texts per image, ``F`` = video frames, ``H = W`` = image size.
 
+Every stream:
+  source         int32 []        the row's task: its index in ``sources(config.data, stream)``
+
 Text fields shared by the text-bearing streams:
   input_ids      int32 [.., L]   token ids, padded with the vocabulary's pad id
   attention_mask int32 [.., L]   1 for real tokens
@@ -22,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 
 from xfm_jax.streams import image, image_text, region, text, video
-from xfm_jax.streams.record import TEXT_FIELDS, Stream, resolve
+from xfm_jax.streams.record import SOURCE_FIELD, TEXT_FIELDS, Stream, resolve
 
 STREAMS: dict[str, Stream] = {s.name: s for s in (
     text.STREAM, image.STREAM, image_text.STREAM, region.STREAM, video.STREAM)}
@@ -40,6 +43,20 @@ def batch_shape(config, name: str) -> dict[str, int]:
     keys its fields read (text_len, region_texts, frames)."""
     section = config.batch[name]
     return {'batch': section.batch_size, **{key: section[key] for key in get(name).sizes}}
+
+
+def sources(data_config, name: str) -> tuple[str, ...]:
+    """The tasks of ``data_config.streams.<name>.mixture``, in the order written there (each
+    once): a batch row's ``source`` field is its task's index in this tuple."""
+    return tuple(dict.fromkeys(task for task, _ in data_config.streams[name].mixture))
+
+
+def source_name(task: str, name: str) -> str:
+    """A mixture task's short name in metric tags: the task name without the ``_<stream>``
+    every task of stream ``name`` ends with (``{source}_{stream}``, ``{source}_vqa_{stream}``),
+    e.g. 'fortunes' for 'fortunes_text', 'xfm_synthetic_scenes_vqa' for
+    'xfm_synthetic_scenes_vqa_image_text'."""
+    return task.removesuffix(f'_{name}')
 
 
 def field_specs(stream: str, *, batch: int, text_len: int = 1, image_size: int,
@@ -62,6 +79,8 @@ def synthetic_batch(stream: str, rng: np.random.Generator, *, vocab_size: int, p
             out[name] = rng.standard_normal(shape).astype(dtype)
         elif name in ('input_ids', 'mlm_targets'):
             out[name] = rng.integers(pad_id + 3, vocab_size, shape).astype(dtype)
+        elif name == 'source':
+            out[name] = np.zeros(shape, dtype)  # every row from the stream's first source
         elif name.endswith('_id'):
             out[name] = np.arange(shape[0], dtype=dtype)
         elif name in ('mim_mask', 'patch_mask'):
@@ -91,5 +110,5 @@ def synthetic_batch(stream: str, rng: np.random.Generator, *, vocab_size: int, p
     return out
 
 
-__all__ = ['STREAMS', 'Stream', 'TEXT_FIELDS', 'batch_shape', 'field_specs', 'get',
-           'synthetic_batch']
+__all__ = ['SOURCE_FIELD', 'STREAMS', 'Stream', 'TEXT_FIELDS', 'batch_shape', 'field_specs',
+           'get', 'source_name', 'sources', 'synthetic_batch']

@@ -1,12 +1,13 @@
 """Image stream: images alone, for masked image modelling."""
 
-from xfm_jax.streams.record import Stream, encode_image
+from xfm_jax.streams.record import SOURCE_FIELD, Stream, encode_image
 
 STREAM = Stream(
     name='image',
     fields={
         'image': ('float32', ('H', 'W', 3)),  # CLIP-normalised pixels
         'mim_mask': ('bool', ('N',)),  # exactly `mim.num_masked` True per row
+        **SOURCE_FIELD,
     },
     encode_images=encode_image,
     record='xfm_jax.data.tasks:image_record',

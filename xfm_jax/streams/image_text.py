@@ -1,6 +1,6 @@
 """Image-text stream: one caption per image (or a question and its answer as the caption)."""
 
-from xfm_jax.streams.record import Stream, encode_image, text_fields
+from xfm_jax.streams.record import SOURCE_FIELD, Stream, encode_image, text_fields
 
 STREAM = Stream(
     name='image_text',
@@ -9,6 +9,7 @@ STREAM = Stream(
         'image_id': ('int32', ()),  # equal ids mark the same image (soft ITC targets)
         'mim_mask': ('bool', ('N',)),
         **text_fields(),
+        **SOURCE_FIELD,
     },
     sizes=('text_len',),
     encode_images=encode_image,

@@ -18,6 +18,9 @@ import jax.numpy as jnp
 
 TEXT_FIELDS = ('input_ids', 'attention_mask', 'masked_ids', 'mlm_targets', 'mlm_weights')
 _TEXT_DTYPES = ('int32', 'int32', 'int32', 'int32', 'float32')
+# Every stream's rows name their source: the index of the row's task in the stream's mixture
+# (``streams.sources``), which the train step splits its losses by. Last in each record's fields.
+SOURCE_FIELD = {'source': ('int32', ())}
 
 
 def text_fields(*prefix: str) -> dict[str, tuple[str, tuple]]:
@@ -49,7 +52,7 @@ class Stream:
 
     Batch contract (``xfm_jax.streams``; tests, benchmarks and the AOT check build from it):
       fields: ``{field: (dtype, shape after the batch dim in symbols)}``; text-bearing streams
-        hold the five ``TEXT_FIELDS``.
+        hold the five ``TEXT_FIELDS``, every stream ``SOURCE_FIELD``.
       sizes: the keys of ``config.batch.<name>`` its shapes read besides ``batch_size``.
     Encodings (``objectives/encode.py``); a stream with text and images is a pair stream:
       encode_images: ``(model, batch, *, train) -> [B, 1+N, Dv]`` image tokens, one row per

@@ -1,6 +1,6 @@
 """Region stream: K texts per image, each about one box (or the whole image)."""
 
-from xfm_jax.streams.record import Stream, encode_image, text_fields
+from xfm_jax.streams.record import SOURCE_FIELD, Stream, encode_image, text_fields
 
 
 def region_keys(model, image_tokens, batch) -> dict:
@@ -20,6 +20,7 @@ STREAM = Stream(
         'box': ('float32', ('K', 4)),  # normalised (cx, cy, w, h)
         'box_valid': ('float32', ('K',)),  # 0 for whole-image captions and padding texts
         'text_valid': ('float32', ('K',)),  # 0 for padding texts
+        **SOURCE_FIELD,
     },
     sizes=('text_len', 'region_texts'),
     encode_images=encode_image,

@@ -1,6 +1,6 @@
 """Video stream: F frames per clip with one caption; the frames pool into one set of tokens."""
 
-from xfm_jax.streams.record import Stream, text_fields
+from xfm_jax.streams.record import SOURCE_FIELD, Stream, text_fields
 
 
 def encode_frames(model, batch, *, train: bool):
@@ -14,6 +14,7 @@ STREAM = Stream(
         'frames': ('float32', ('F', 'H', 'W', 3)),
         'video_id': ('int32', ()),
         **text_fields(),
+        **SOURCE_FIELD,
     },
     sizes=('text_len', 'frames'),
     encode_images=encode_frames,
