@@ -18,7 +18,10 @@ API:
     ``fn(model, enc, batch, rng, settings) -> (loss f32 [], metrics {'<name>_<metric>': f32
     []})``; ``model`` is bound, ``settings`` is that objective's section of
     ``configs.common.objectives_config()``, ``rng`` is only drawn from by ITM (negatives). The
-    loss itself is not repeated in the metrics.
+    loss itself is not repeated in the metrics. ``OBJECTIVES[name].with_rows``: the same
+    function returning ``(loss, metrics, RowLosses)`` as well, the loss row by row with weights
+    whose weighted mean is the loss (``record.RowLosses``); a row is a pair-view row (a text)
+    for every objective but MIM, whose row is an image.
   ``stream_objectives(stream)``: the objectives that apply to a stream; ``get`` and
     ``encode_stream`` raise a ValueError naming both when a pair does not apply.
 
@@ -45,7 +48,7 @@ from typing import Callable, Sequence
 
 from xfm_jax import streams as streams_lib
 from xfm_jax.objectives import box, encode, imlm, itc, itm, mim, mlm
-from xfm_jax.objectives.record import Objective
+from xfm_jax.objectives.record import Objective, RowLosses
 
 OBJECTIVES: dict[str, Objective] = {o.name: o for o in (
     mlm.OBJECTIVE, itc.OBJECTIVE, itm.OBJECTIVE, imlm.OBJECTIVE, box.OBJECTIVE, mim.OBJECTIVE)}
@@ -101,5 +104,5 @@ def get(name: str, stream: str) -> Callable:
     return OBJECTIVES[name].loss
 
 
-__all__ = ['OBJECTIVES', 'Objective', 'check_objectives', 'encode_stream', 'get',
+__all__ = ['OBJECTIVES', 'Objective', 'RowLosses', 'check_objectives', 'encode_stream', 'get',
            'stream_objectives']

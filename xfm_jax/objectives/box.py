@@ -7,7 +7,7 @@ import ml_collections
 
 from xfm_jax import flops
 from xfm_jax.objectives.encode import fusion_rows
-from xfm_jax.objectives.record import Objective
+from xfm_jax.objectives.record import Objective, RowLosses
 
 # Guards the divisions of degenerate (zero-area) boxes: a NaN there would reach the gradient
 # even through a zero loss weight.
@@ -46,11 +46,20 @@ def box_loss(predicted, target, weights):
     Returns:
       (l1, giou_loss), fp32 scalars (0 when no box counts).
     """
+    l1, giou_loss, _ = box_rows(predicted, target, weights)
+    return l1, giou_loss
+
+
+def box_rows(predicted, target, weights):
+    """:func:`box_loss` and the ``RowLosses`` of their sum: a row is one box, L1 + (1 - GIoU),
+    weighted by ``weights``."""
     predicted, target = predicted.astype(jnp.float32), target.astype(jnp.float32)
     count = jnp.maximum(weights.sum(), 1.0)
-    l1 = (jnp.abs(predicted - target).sum(axis=-1) * weights).sum() / count
-    giou_loss = ((1.0 - generalized_iou(predicted, target)) * weights).sum() / count
-    return l1, giou_loss
+    l1_rows = jnp.abs(predicted - target).sum(axis=-1)
+    giou_rows = 1.0 - generalized_iou(predicted, target)
+    l1 = (l1_rows * weights).sum() / count
+    giou_loss = (giou_rows * weights).sum() / count
+    return l1, giou_loss, RowLosses(jnp.where(weights > 0, l1_rows + giou_rows, 0.0), weights)
 
 
 def box(model, enc: dict, batch: dict, rng, settings: ml_collections.ConfigDict):
@@ -58,12 +67,18 @@ def box(model, enc: dict, batch: dict, rng, settings: ml_collections.ConfigDict)
     ``attention_mask``, ``box``, ``box_valid`` and ``valid`` (all [B', ...]) and the images
     (``image_tokens`` [B, 1+N, Dv], ``image_index``); whole-image captions and padding texts
     (box_valid 0) are excluded."""
+    loss, metrics, _ = box_with_rows(model, enc, batch, rng, settings)
+    return loss, metrics
+
+
+def box_with_rows(model, enc: dict, batch: dict, rng, settings: ml_collections.ConfigDict):
+    """:func:`box` and its ``RowLosses``, one row per region text (``box_rows``)."""
     del batch, rng, settings  # the region pair view holds everything
     fused = model.fuse(enc['text_hidden'], enc['attention_mask'],
                        **fusion_rows(enc, whole_image=True), train=enc['train'])
-    l1, giou_loss = box_loss(model.box_prediction(fused), enc['box'],
-                             enc['box_valid'] * enc['valid'])
-    return l1 + giou_loss, {'box_l1': l1, 'box_giou_loss': giou_loss}
+    l1, giou_loss, rows = box_rows(model.box_prediction(fused), enc['box'],
+                                   enc['box_valid'] * enc['valid'])
+    return l1 + giou_loss, {'box_l1': l1, 'box_giou_loss': giou_loss}, rows
 
 
 def box_flops(d: flops.Dims, rows: flops.Rows, settings) -> int:
@@ -72,5 +87,6 @@ def box_flops(d: flops.Dims, rows: flops.Rows, settings) -> int:
     return rows.fusion(d, own_tokens=False)
 
 
-OBJECTIVE = Objective(name='box', loss=box, needs=frozenset({'image_tokens', 'text_hidden'}),
+OBJECTIVE = Objective(name='box', loss=box, with_rows=box_with_rows,
+                      needs=frozenset({'image_tokens', 'text_hidden'}),
                       kinds=('pairs',), fields=('box', 'box_valid'), flops=box_flops)

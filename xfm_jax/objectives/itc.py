@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from xfm_jax.objectives.record import Objective
+from xfm_jax.objectives.record import Objective, RowLosses
 
 # Logit for excluded (invalid) columns: exp() underflows to 0 yet stays finite, so a zero
 # target times its log-probability is 0, not NaN.
@@ -32,7 +32,7 @@ def _one_direction(logits, positives, valid):
     """Soft-target CE of each row over the valid columns; mean over valid rows.
 
     logits [B, B] (row = anchor), positives [B, B] bool, valid [B] float.
-    Returns (loss, accuracy: the top column is a positive).
+    Returns (loss, accuracy: the top column is a positive, each anchor's CE [B]).
     """
     column_ok = valid[None, :] > 0
     logits = jnp.where(column_ok, logits, _EXCLUDED_LOGIT)
@@ -41,7 +41,7 @@ def _one_direction(logits, positives, valid):
     per_row = -jnp.sum(targets * jax.nn.log_softmax(logits, axis=-1), axis=-1)
     hit = jnp.take_along_axis(positives, jnp.argmax(logits, axis=-1)[:, None], axis=-1)[:, 0]
     count = jnp.maximum(valid.sum(), 1.0)
-    return (per_row * valid).sum() / count, (hit * valid).sum() / count
+    return (per_row * valid).sum() / count, (hit * valid).sum() / count, per_row
 
 
 def contrastive_loss(image_embedding, text_embedding, temperature, positives, valid):
@@ -56,27 +56,43 @@ def contrastive_loss(image_embedding, text_embedding, temperature, positives, va
     Returns:
       (loss, image->text accuracy), fp32 scalars.
     """
+    loss, accuracy, _ = contrastive_rows(image_embedding, text_embedding, temperature, positives,
+                                         valid)
+    return loss, accuracy
+
+
+def contrastive_rows(image_embedding, text_embedding, temperature, positives, valid):
+    """:func:`contrastive_loss` and its ``RowLosses``: row i is pair i, the mean of its image's
+    and its text's CE as anchors, weighted by ``valid`` (its candidates are the whole batch)."""
     logits = similarity(image_embedding, text_embedding, temperature)
-    i2t_loss, i2t_accuracy = _one_direction(logits, positives, valid)
-    t2i_loss, _ = _one_direction(logits.T, positives.T, valid)
-    return 0.5 * (i2t_loss + t2i_loss), i2t_accuracy
+    i2t_loss, i2t_accuracy, i2t_rows = _one_direction(logits, positives, valid)
+    t2i_loss, _, t2i_rows = _one_direction(logits.T, positives.T, valid)
+    rows = RowLosses(jnp.where(valid > 0, 0.5 * (i2t_rows + t2i_rows), 0.0), valid)
+    return 0.5 * (i2t_loss + t2i_loss), i2t_accuracy, rows
 
 
 def itc(model, enc: dict, batch: dict, rng, settings: ml_collections.ConfigDict):
     """ITC on the pair view ``enc`` (``image_embedding``, ``text_embedding``, ``valid``,
     ``image_id``, all [B', ...]). ``settings.soft_targets``: pairs with equal image ids are all
     positives (fine-tuning), else only the diagonal (pre-training)."""
+    loss, metrics, _ = itc_with_rows(model, enc, batch, rng, settings)
+    return loss, metrics
+
+
+def itc_with_rows(model, enc: dict, batch: dict, rng, settings: ml_collections.ConfigDict):
+    """:func:`itc` and its ``RowLosses``, one row per pair (``contrastive_rows``)."""
     del batch, rng  # everything comes from the shared encodings; ITC draws nothing
     image_id = enc['image_id']
     if settings.soft_targets:
         positives = image_id[:, None] == image_id[None, :]
     else:
         positives = jnp.eye(image_id.shape[0], dtype=bool)
-    loss, accuracy = contrastive_loss(enc['image_embedding'], enc['text_embedding'],
-                                      model.temperature(), positives, enc['valid'])
-    return loss, {'itc_accuracy': accuracy}
+    loss, accuracy, rows = contrastive_rows(enc['image_embedding'], enc['text_embedding'],
+                                            model.temperature(), positives, enc['valid'])
+    return loss, {'itc_accuracy': accuracy}, rows
 
 
 # Its whole cost is in the shared embeddings and their similarity matrix (flops.encodings_forward).
 OBJECTIVE = Objective(name='itc', loss=itc, needs=frozenset({'image_embedding', 'text_embedding'}),
-                      kinds=('pairs',), flops=lambda d, rows, settings: 0)
+                      kinds=('pairs',), flops=lambda d, rows, settings: 0,
+                      with_rows=itc_with_rows)

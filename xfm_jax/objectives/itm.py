@@ -26,7 +26,7 @@ from xfm_jax import flops
 from xfm_jax.models import layers
 from xfm_jax.objectives.encode import image_rows
 from xfm_jax.objectives.itc import similarity
-from xfm_jax.objectives.record import Objective
+from xfm_jax.objectives.record import Objective, RowLosses, row_mean
 
 
 def _grouped(x, num_groups: int):
@@ -108,6 +108,14 @@ def itm(model, enc: dict, batch: dict, rng, settings: ml_collections.ConfigDict,
     batch indices (each inside its row's group of ``settings.negative_groups``), e.g. to replay
     the draws of another implementation exactly; every row's negatives then count.
     """
+    loss, metrics, _ = itm_with_rows(model, enc, batch, rng, settings, negatives)
+    return loss, metrics
+
+
+def itm_with_rows(model, enc: dict, batch: dict, rng, settings: ml_collections.ConfigDict,
+                  negatives=None):
+    """:func:`itm` and its ``RowLosses``: row i is pair i's three fusion rows (the match and
+    its two negatives), their mean CE weighted by how many of them count."""
     del batch  # the pair view holds everything
     groups = settings.negative_groups
     valid = enc['valid']
@@ -144,9 +152,12 @@ def itm(model, enc: dict, batch: dict, rng, settings: ml_collections.ConfigDict,
     negative_ok = valid * has_negative
     weights = _interleave(valid, negative_ok, negative_ok)
     count = jnp.maximum(weights.sum(), 1.0)
-    loss = (optax.softmax_cross_entropy_with_integer_labels(logits, labels) * weights).sum() / count
+    weighted = optax.softmax_cross_entropy_with_integer_labels(logits, labels) * weights
+    loss = weighted.sum() / count
     accuracy = ((jnp.argmax(logits, axis=-1) == labels) * weights).sum() / count
-    return loss, {'itm_accuracy': accuracy}
+    per_pair = lambda x: x.reshape(-1, 1 + NEGATIVES_PER_POSITIVE).sum(axis=-1)  # noqa: E731
+    rows = RowLosses(row_mean(per_pair(weighted), per_pair(weights)), per_pair(weights))
+    return loss, {'itm_accuracy': accuracy}, rows
 
 
 def itm_flops(d: flops.Dims, rows: flops.Rows, settings) -> int:
@@ -156,6 +167,6 @@ def itm_flops(d: flops.Dims, rows: flops.Rows, settings) -> int:
 
 
 OBJECTIVE = Objective(
-    name='itm', loss=itm, kinds=('pairs',), flops=itm_flops,
+    name='itm', loss=itm, with_rows=itm_with_rows, kinds=('pairs',), flops=itm_flops,
     needs=frozenset({'image_tokens', 'image_mask', 'image_embedding', 'text_hidden',
                      'text_embedding'}))

@@ -10,7 +10,7 @@ import ml_collections
 import optax
 
 from xfm_jax import flops
-from xfm_jax.objectives.record import Objective
+from xfm_jax.objectives.record import Objective, RowLosses, row_mean
 
 
 def masked_lm_loss(logits, targets, weights):
@@ -22,10 +22,19 @@ def masked_lm_loss(logits, targets, weights):
     Returns:
       (loss, accuracy), fp32 scalars; both 0 when nothing is masked.
     """
+    loss, accuracy, _ = masked_lm_rows(logits, targets, weights)
+    return loss, accuracy
+
+
+def masked_lm_rows(logits, targets, weights):
+    """:func:`masked_lm_loss` and its ``RowLosses``: a row (text) is its masked positions' mean
+    CE, weighted by their weight (the number of masked tokens)."""
     ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
     count = jnp.maximum(weights.sum(), 1.0)
     correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
-    return (ce * weights).sum() / count, (correct * weights).sum() / count
+    row_weight = weights.sum(axis=-1)
+    rows = RowLosses(row_mean((ce * weights).sum(axis=-1), row_weight), row_weight)
+    return (ce * weights).sum() / count, (correct * weights).sum() / count, rows
 
 
 def masked_positions(hidden, targets, weights, max_predictions: int):
@@ -47,13 +56,19 @@ def masked_positions(hidden, targets, weights, max_predictions: int):
 def mlm(model, enc: dict, batch: dict, rng, settings: ml_collections.ConfigDict):
     """Encodes ``masked_ids`` (``model.encode_text_for_mlm``); CE against ``mlm_targets`` at
     ``mlm_weights`` (all [B, L] in ``enc``), on at most ``settings.max_predictions`` positions."""
+    loss, metrics, _ = mlm_with_rows(model, enc, batch, rng, settings)
+    return loss, metrics
+
+
+def mlm_with_rows(model, enc: dict, batch: dict, rng, settings: ml_collections.ConfigDict):
+    """:func:`mlm` and its ``RowLosses``, one row per text (``masked_lm_rows``)."""
     del batch, rng  # reads the text fields of ``enc``; the masks come with the data
     hidden = model.encode_text_for_mlm(enc['masked_ids'], enc['attention_mask'],
                                        train=enc['train'])
     hidden, targets, weights = masked_positions(hidden, enc['mlm_targets'], enc['mlm_weights'],
                                                 settings.get('max_predictions', 0))
-    loss, accuracy = masked_lm_loss(model.text_mlm_logits(hidden), targets, weights)
-    return loss, {'mlm_accuracy': accuracy}
+    loss, accuracy, rows = masked_lm_rows(model.text_mlm_logits(hidden), targets, weights)
+    return loss, {'mlm_accuracy': accuracy}, rows
 
 
 def mlm_flops(d: flops.Dims, rows: flops.Rows, settings) -> int:
@@ -62,4 +77,5 @@ def mlm_flops(d: flops.Dims, rows: flops.Rows, settings) -> int:
                          + flops.mlm_head_forward(d, flops.mlm_positions(settings, rows.text_len)))
 
 
-OBJECTIVE = Objective(name='mlm', loss=mlm, needs=frozenset(), kinds=('text',), flops=mlm_flops)
+OBJECTIVE = Objective(name='mlm', loss=mlm, needs=frozenset(), kinds=('text',), flops=mlm_flops,
+                      with_rows=mlm_with_rows)
