@@ -240,7 +240,7 @@ def _train(config, workdir, lock) -> dict:
                 batch = next(batches)
         checkpoints.save(int(state.step), state, data_position(), force=True)
     checkpoints.wait()
-    metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    metrics = summaries.means(metrics)  # per-source losses: the last step's row-weighted means
     if 'data' in config:  # held-out evaluation of the final parameters
         from xfm_jax.evaluators import runner
         results = evaluate()

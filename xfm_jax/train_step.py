@@ -9,6 +9,10 @@ stream with their weights. Two update schedules, both inside one jitted function
   (``text`` | ``region, image`` | ``image_text`` by default), each group's gradients computed at
   the parameters left by the previous update; the learning-rate schedule ticks once per step.
 
+A stream whose ``config.data.streams[stream].mixture`` mixes several tasks also reports each
+objective's loss on each task's rows, ``<stream>/<objective>_loss/<source>`` (``source_names``),
+as clu Averages whose window mean weighs rows as the loss does (``summaries.by_source``).
+
 Gradient accumulation splits every stream into ``train.grad_accum_steps`` micro-batches (strided,
 so each device keeps its own rows) and averages their gradients. Note that batch-level objectives
 (ITC's in-batch negatives, ITM's hard negatives) then see micro-batches.
@@ -28,7 +32,7 @@ import ml_collections
 import optax
 
 from xfm_jax import objectives as objectives_lib
-from xfm_jax import optim, streams as streams_lib
+from xfm_jax import optim, streams as streams_lib, summaries
 from xfm_jax.models.model import VisionLanguageModel, init_variables
 
 PyTree = Any
@@ -89,12 +93,28 @@ def objective_settings(config: ml_collections.ConfigDict, batch_shards: int):
     return settings
 
 
+def source_names(config: ml_collections.ConfigDict) -> dict[str, tuple[str, ...]]:
+    """``{stream: short source names}`` of the streams whose data mixture has several tasks, in
+    the order of the batch's ``source`` field (``streams.sources``, ``streams.source_name``);
+    {} for a run without ``config.data`` (random batches)."""
+    if 'data' not in config:
+        return {}
+    out = {}
+    for stream in config.streams:
+        tasks = streams_lib.sources(config.data, stream)
+        if len(tasks) > 1:
+            out[stream] = tuple(streams_lib.source_name(task, stream) for task in tasks)
+    return out
+
+
 def make_loss_fn(model: VisionLanguageModel, config: ml_collections.ConfigDict,
                  streams: tuple[str, ...], batch_shards: int = 1) -> Callable:
     """``loss_fn(params, batch, rng) -> (total_loss, metrics)`` over the given streams;
-    ``batch_shards``: how many devices split the batch (see :func:`objective_settings`)."""
+    ``batch_shards``: how many devices split the batch (see :func:`objective_settings`).
+    Metrics are scalars, and clu Averages for the per-source losses (:func:`source_names`)."""
     settings = objective_settings(config, batch_shards)
     stream_index = {stream: i for i, stream in enumerate(streams_lib.STREAMS)}  # rng per stream
+    mixed = source_names(config)
 
     def loss_fn(params, batch, rng):
         dropout_rng, objective_rng = jax.random.split(rng)
@@ -110,9 +130,15 @@ def make_loss_fn(model: VisionLanguageModel, config: ml_collections.ConfigDict,
                 bound, stream, batch[stream], train=True, objectives=tuple(weights))
             for i, (name, weight) in enumerate(sorted(weights.items())):
                 fn = objectives_lib.get(name, stream)
-                loss, objective_metrics = fn(bound, encoded, batch[stream],
-                                             jax.random.fold_in(stream_rng, i),
-                                             settings[name])
+                args = (bound, encoded, batch[stream], jax.random.fold_in(stream_rng, i),
+                        settings[name])
+                with_rows = objectives_lib.OBJECTIVES[name].with_rows
+                if stream in mixed and with_rows is not None:
+                    loss, objective_metrics, rows = with_rows(*args)
+                    metrics.update(summaries.by_source(f'{stream}/{name}_loss', rows,
+                                                       batch[stream]['source'], mixed[stream]))
+                else:
+                    loss, objective_metrics = fn(*args)
                 total = total + weight * loss
                 metrics[f'{stream}/{name}_loss'] = loss
                 metrics.update({f'{stream}/{k}': v for k, v in objective_metrics.items()})
