@@ -28,6 +28,7 @@ def vision_config(*, width=768, depth=12, num_heads=12, image_size=224, patch_si
         drop_path_rate=0.1,
         ln_eps=1e-6,
         use_mask_token=use_mask_token,  # X-FM's MIM path
+        abs_pos_emb='none',  # BEiT-2: relative position tables only ('learned', 'sincos')
     ))
 
 

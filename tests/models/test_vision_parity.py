@@ -21,11 +21,11 @@ from xfm_jax.models.vision import VisionBlock, VisionConfig, VisionTransformer
 TOL = 1e-5
 
 
-def _beit(shared_table: bool = False, seed: int = 0):
+def _beit(shared_table: bool = False, seed: int = 0, abs_pos: bool = False):
     config = transformers.BeitConfig(
         image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
         intermediate_size=64, hidden_act='gelu', layer_norm_eps=1e-6, layer_scale_init_value=0.1,
-        use_absolute_position_embeddings=False, use_relative_position_bias=not shared_table,
+        use_absolute_position_embeddings=abs_pos, use_relative_position_bias=not shared_table,
         use_shared_relative_position_bias=shared_table, use_mean_pooling=True, use_mask_token=True,
         attn_implementation='eager')
     model = transformers.BeitModel(config)
@@ -84,15 +84,19 @@ def _xfm_pooling(last_hidden, scale, bias, eps):
     return np.concatenate([normed.mean(1, keepdims=True), normed], axis=1)
 
 
-@pytest.mark.parametrize('shared_table', [False, True], ids=['per_layer_table', 'shared_table'])
-def test_blocks_match_beit(shared_table):
-    hf_config, hf = _beit(shared_table)
-    config = _ours(hf_config)
+@pytest.mark.parametrize('shared_table,abs_pos', [(False, False), (True, False), (False, True)],
+                         ids=['per_layer_table', 'shared_table', 'absolute_position_embedding'])
+def test_blocks_match_beit(shared_table, abs_pos):
+    hf_config, hf = _beit(shared_table, abs_pos=abs_pos)
+    config = _ours(hf_config, abs_pos_emb='learned' if abs_pos else 'none')
     state_dict = {k: v.numpy() for k, v in hf.state_dict().items()}
     params, _ = import_params(state_dict, _target(config), 'hf_beit')
     if shared_table:  # the one table is copied into every block
         tables = [params['encoder'][f'blocks_{i}']['relative_position_bias_table'] for i in range(3)]
         assert all(np.array_equal(t, tables[0]) for t in tables)
+    if abs_pos:
+        np.testing.assert_array_equal(params['pos_embed'],
+                                      state_dict['embeddings.position_embeddings'])
 
     images, mim_mask = _inputs(config)
     expected = _hf_forward(hf, images, mim_mask)

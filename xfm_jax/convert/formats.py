@@ -87,6 +87,12 @@ def _has_prefix(keys: Iterable[str] | None, prefix: str, default: bool) -> bool:
 
 # ---- vision --------------------------------------------------------------------------------------
 
+def _pos_embed(spec, src: str, dst: str) -> list[Rule]:
+    """The learned absolute position embedding [1, 1+N, D], where the model has one
+    (``model.vision.abs_pos_emb='learned'``; BEiT's ``use_abs_pos_emb``)."""
+    return _copy(src, f'{dst}pos_embed') if f'{dst}pos_embed' in spec else []
+
+
 def _beit_reference(spec, src: str, dst: str, shared_table: str | None = None) -> list[Rule]:
     """BEiT-2 as in the X-FM / X²-VLM code (timm names, fused qkv, q/v biases, gamma_1/2).
     ``shared_table``: the key of one table that every block takes (BEiT's shared variant)."""
@@ -94,7 +100,8 @@ def _beit_reference(spec, src: str, dst: str, shared_table: str | None = None) -
              + _copy(f'{src}mask_token', f'{dst}mask_token')
              + [Rule('conv', (f'{src}patch_embed.proj.weight',), (f'{dst}patch_embed/kernel',)),
                 Rule('bias', (f'{src}patch_embed.proj.bias',), (f'{dst}patch_embed/bias',))]
-             + _norm(f'{src}fc_norm', f'{dst}fc_norm'))
+             + _norm(f'{src}fc_norm', f'{dst}fc_norm')
+             + _pos_embed(spec, f'{src}pos_embed', dst))
     for i in range(_count(spec, f'{dst}encoder/blocks_')):
         b, t = f'{src}blocks.{i}.', f'{dst}encoder/blocks_{i}/'
         rules += _norm(f'{b}norm1', f'{t}norm1') + _norm(f'{b}norm2', f'{t}norm2')
@@ -119,7 +126,8 @@ def _beit_hf(spec, src: str, dst: str, shared_table: bool) -> list[Rule]:
                      (f'{dst}patch_embed/kernel',)),
                 Rule('bias', (f'{src}embeddings.patch_embeddings.projection.bias',),
                      (f'{dst}patch_embed/bias',))]
-             + _norm(f'{src}pooler.layernorm', f'{dst}fc_norm'))
+             + _norm(f'{src}pooler.layernorm', f'{dst}fc_norm')
+             + _pos_embed(spec, f'{src}embeddings.position_embeddings', dst))
     for i in range(_count(spec, f'{dst}encoder/blocks_')):
         b, t = f'{src}encoder.layer.{i}.', f'{dst}encoder/blocks_{i}/'
         table = (f'{src}encoder.relative_position_bias.relative_position_bias_table' if shared_table

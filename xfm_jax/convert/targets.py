@@ -100,7 +100,8 @@ def _vision_sizes(sd, blocks: str, names: dict[str, str], image_size: int | None
     grid = (relpos.table_side(table.shape[0]) + 1) // 2
     return dict(width=sd[names['patch']].shape[0], depth=_layer_count(sd, blocks),
                 num_heads=table.shape[1], mlp_dim=sd[names['fc1']].shape[0], patch_size=patch,
-                image_size=image_size or grid * patch, use_mask_token=names['mask'] in sd)
+                image_size=image_size or grid * patch, use_mask_token=names['mask'] in sd,
+                abs_pos_emb='learned' if names['pos'] in sd else 'none')
 
 
 def _vlm_config(fmt: str, sd, reference_config: dict | None, hf_config: dict | None,
@@ -119,7 +120,8 @@ def _vlm_config(fmt: str, sd, reference_config: dict | None, hf_config: dict | N
         table='vision_encoder.blocks.0.attn.relative_position_bias_table',
         fc1='vision_encoder.blocks.0.mlp.fc1.weight',
         patch='vision_encoder.patch_embed.proj.weight',
-        mask='vision_encoder.mask_token'), image_size or reference_config.get('image_res'))
+        mask='vision_encoder.mask_token', pos='vision_encoder.pos_embed'),
+        image_size or reference_config.get('image_res'))
     infix = {'xfm': 'roberta.', 'x2vlm': 'bert.'}[fmt]
     text = (f'text_encoder.{infix}' if any(k.startswith(f'text_encoder.{infix}') for k in sd)
             else 'text_encoder.')
@@ -189,7 +191,7 @@ def _beit2_config(sd, image_size: int | None) -> dict:
                    'rel_pos_bias.relative_position_bias_table')
     config = _vision_sizes(sd, 'blocks.', dict(
         table=table, fc1='blocks.0.mlp.fc1.weight', patch='patch_embed.proj.weight',
-        mask='mask_token'), image_size)
+        mask='mask_token', pos='pos_embed'), image_size)
     config['ln_eps'] = 1e-6  # BEiT builds every LayerNorm with eps=1e-6
     return config
 
@@ -203,7 +205,8 @@ def _hf_vision_config(sd, hf_config: dict | None, image_size: int | None) -> dic
     config = _vision_sizes(sd, f'{infix}encoder.layer.', dict(
         table=table, fc1=f'{infix}encoder.layer.0.intermediate.dense.weight',
         patch=f'{infix}embeddings.patch_embeddings.projection.weight',
-        mask=f'{infix}embeddings.mask_token'), image_size)
+        mask=f'{infix}embeddings.mask_token', pos=f'{infix}embeddings.position_embeddings'),
+        image_size)
     config['ln_eps'] = (hf_config or {}).get('layer_norm_eps', 1e-6)
     return config
 

@@ -160,7 +160,9 @@ def build_model(config: ml_collections.ConfigDict) -> VisionLanguageModel:
                   attention_impl=config.get('attention_impl', 'einsum'))
     vision = VisionConfig(**{k: config.vision[k] for k in (
         'image_size', 'patch_size', 'width', 'depth', 'num_heads', 'mlp_dim', 'layer_scale_init',
-        'drop_path_rate', 'ln_eps', 'use_mask_token')}, **common)
+        'drop_path_rate', 'ln_eps', 'use_mask_token')},
+        # Model configs stored before this key existed have no absolute position embedding.
+        abs_pos_emb=config.vision.get('abs_pos_emb', 'none'), **common)
     text_fields = ('variant', 'vocab_size', 'width', 'depth', 'num_heads', 'mlp_dim',
                    'max_positions', 'type_vocab_size', 'pad_id', 'ln_eps', 'dropout')
     text = TextConfig(**{k: config.text[k] for k in text_fields}, **common)

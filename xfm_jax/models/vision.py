@@ -30,6 +30,11 @@ class VisionConfig:
     drop_path_rate: float = 0.1
     ln_eps: float = 1e-6
     use_mask_token: bool = True
+    # An absolute position embedding added to [cls] + patches (docs/design.md §3): 'none' (the
+    # papers' BEiT-2 towers: position only through the relative tables, which start at zero),
+    # 'learned' (BEiT's use_abs_pos_emb: a parameter, std 0.02) or 'sincos' (MAE's fixed 2-D
+    # sine-cosine table: position visible from the first step, no parameter).
+    abs_pos_emb: str = 'none'
     dtype: str = 'float32'
     param_dtype: str = 'float32'
     scan_layers: bool = False
@@ -50,6 +55,24 @@ def num_relative_distances(grid: int) -> int:
 
 
 @functools.lru_cache(maxsize=None)
+def sincos_position_embedding(grid: int, width: int) -> np.ndarray:
+    """MAE's fixed 2-D sine-cosine position embedding over [cls] + grid*grid patches (row-major):
+    float32 [1+N, D], zeros for cls; half the channels encode the row, half the column, each
+    as sines and cosines of D/4 frequencies 1 / 10000^(i / (D/4))."""
+    if width % 4:
+        raise ValueError(f"model.vision.abs_pos_emb='sincos' needs a width divisible by 4, "
+                         f'got {width}.')
+    omega = 1.0 / 10000.0 ** (np.arange(width // 4, dtype=np.float64) / (width / 4))
+    rows, cols = np.meshgrid(np.arange(grid), np.arange(grid), indexing='ij')
+
+    def encode(positions):
+        angles = positions.reshape(-1, 1) * omega[None]
+        return np.concatenate([np.sin(angles), np.cos(angles)], axis=1)
+
+    table = np.concatenate([encode(rows), encode(cols)], axis=1)
+    return np.concatenate([np.zeros((1, width)), table], axis=0).astype(np.float32)
+
+
 def relative_position_index(grid: int) -> np.ndarray:
     """BEiT's relative position index over [cls] + grid*grid patches: int32 [1+N, 1+N].
 
@@ -142,6 +165,15 @@ class VisionTransformer(nn.Module):
             raise ValueError('mim_mask given but model.vision.use_mask_token is False.')
         cls_token = self.param('cls_token', token_init, (1, 1, cfg.width), pdtype)
         x = jnp.concatenate([jnp.broadcast_to(cls_token, (batch, 1, cfg.width)).astype(dtype), x], 1)
+        if cfg.abs_pos_emb == 'learned':
+            pos_embed = self.param('pos_embed', token_init, (1, 1 + cfg.num_patches, cfg.width),
+                                   pdtype)
+            x = (x + pos_embed).astype(dtype)
+        elif cfg.abs_pos_emb == 'sincos':
+            x = (x + jnp.asarray(sincos_position_embedding(cfg.grid, cfg.width), dtype)).astype(dtype)
+        elif cfg.abs_pos_emb != 'none':
+            raise ValueError(f"model.vision.abs_pos_emb must be 'none', 'learned' or 'sincos', "
+                             f'got {cfg.abs_pos_emb!r}.')
         x = layers.constrain(x, 'batch', 'length', 'act_embed')
 
         drop_rates = jnp.linspace(0.0, cfg.drop_path_rate, cfg.depth)
