@@ -12,6 +12,8 @@ from configs import xfm_base
 from xfm_jax import curves, streams, summaries, train, train_step as ts
 from xfm_jax.objectives import RowLosses
 
+from tests.small_runs import runlocal_image_text
+
 SCENES = ('xfm_synthetic_scenes', 'xfm_synthetic_scenes_vqa')  # runlocal's image-text sources
 
 
@@ -57,19 +59,8 @@ def mixed_run_config(tmp_path_factory):
     """The runlocal X-FM on its image-text stream only (scenes captions and scenes questions),
     ITC + MIM, 8 pairs a batch, one step a logging window (the first step's is not written:
     it holds the compilation); no held-out evaluation."""
-    from xfm_jax.data import tasks
-    directory = tmp_path_factory.mktemp('tfds')
-    tasks.load_builder(tasks.SOURCES['xfm_synthetic_scenes'], str(directory))
-    config = xfm_base.get_config('runlocal')
-    config.data.tfds_data_dir = str(directory)
-    config.data.vocab.path = str(directory / 'vocab.txt')
-    for stream in ('text', 'image', 'region'):
-        del config.streams[stream], config.data.streams[stream], config.batch[stream]
-    config.streams.image_text = {'itc': 1.0, 'mim': 1.0}
-    config.batch.image_text.batch_size = 8
-    config.train.update(total_steps=3, log_every=1, eval_every=0)
-    config.optimizer.warmup_steps = 1
-    config.checkpoint.update(every_steps=3, async_save=False, save_on_sigterm=False)
+    config = runlocal_image_text(tmp_path_factory.mktemp('tfds'), {'itc': 1.0, 'mim': 1.0},
+                                 total_steps=3, log_every=1, eval_every=0, warmup_steps=1)
     config.evaluate.evaluators = ''
     return config
 

@@ -12,6 +12,8 @@ from PIL import Image
 
 from xfm_jax import curves, partitioning, summaries, train, train_step as ts
 
+from tests.small_runs import runlocal_image_text
+
 
 def test_itm_prior_by_hand():
     # 1 positive : 2 negatives: always 'no match' is right 2/3 of the time; predicting 1/3
@@ -80,20 +82,8 @@ def test_curves_read_the_scalars_and_draw_the_png(tmp_path):
 def data_run_config(tmp_path_factory):
     """The runlocal X-FM on its image-text stream only (ITC + ITM), 8 pairs a batch; held-out
     retrieval on 8 images."""
-    from configs import xfm_base
-    from xfm_jax.data import tasks
-    directory = tmp_path_factory.mktemp('tfds')
-    tasks.load_builder(tasks.SOURCES['xfm_synthetic_scenes'], str(directory))
-    config = xfm_base.get_config('runlocal')
-    config.data.tfds_data_dir = str(directory)
-    config.data.vocab.path = str(directory / 'vocab.txt')
-    for stream in ('text', 'image', 'region'):
-        del config.streams[stream], config.data.streams[stream], config.batch[stream]
-    config.streams.image_text = {'itc': 1.0, 'itm': 1.0}
-    config.batch.image_text.batch_size = 8
-    config.train.update(total_steps=4, log_every=2, eval_every=2)
-    config.optimizer.warmup_steps = 2
-    config.checkpoint.update(every_steps=4, async_save=False, save_on_sigterm=False)
+    config = runlocal_image_text(tmp_path_factory.mktemp('tfds'), {'itc': 1.0, 'itm': 1.0},
+                                 total_steps=4, log_every=2, eval_every=2, warmup_steps=2)
     config.evaluate.update(evaluators='retrieval', during_training='retrieval', batch_size=8)
     config.evaluate.retrieval.update(max_images=8, gallery_queries=2)
     return config
