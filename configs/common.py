@@ -137,8 +137,10 @@ def mini_model(config: ml_collections.ConfigDict, model_dir: str) -> None:
     else:
         config.fusion.depth = 1
     config.text = text
+    # A tower from scratch gets MAE's fixed position table: without one its patch tokens start
+    # blind to their place (relative tables at zero), and the box head has nothing to read.
     config.vision.update(image_size=64, patch_size=8, width=128, depth=4, num_heads=2,
-                         mlp_dim=512, drop_path_rate=0.0)
+                         mlp_dim=512, drop_path_rate=0.0, abs_pos_emb='sincos')
     config.embed_dim = 128
     if config.video_frames:
         config.video_frames = 2
