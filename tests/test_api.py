@@ -6,6 +6,9 @@ hand-summed answer log-likelihoods)."""
 import dataclasses
 import io
 import os
+import subprocess
+import sys
+import textwrap
 
 import flax.linen
 import jax
@@ -17,7 +20,7 @@ from PIL import Image
 
 import xfm_jax
 from tests.evaluators.conftest import random_arrays  # noqa: F401  (a fixture)
-from xfm_jax import api, checkpoint, convert, partitioning, search, train_step as ts
+from xfm_jax import api, checkpoint, convert, partitioning, search, streams, train_step as ts
 from xfm_jax.evaluators import batching, data
 from xfm_jax.models import decoder
 from xfm_jax.models.model import build_model
@@ -128,10 +131,35 @@ def test_preprocess_is_the_pipelines_eval_transform(model, tmp_path):
         model.preprocess(tmp_path / 'missing.png')
 
 
+def test_image_path_needs_no_tensorflow(model, workdir, tmp_path):
+    """Accelerator machines often lack TensorFlow, seqio and clu: ``load``, ``preprocess`` and
+    ``embed_images`` run with the three made unimportable, and give this process's answer."""
+    files = []
+    for i, image in enumerate(_images(3, seed=5)):
+        files.append(tmp_path / f'{i}.png')
+        files[-1].write_bytes(_png(image))
+    script = textwrap.dedent(f"""
+        import sys
+        import numpy as np
+        for name in ('tensorflow', 'tensorflow_datasets', 'seqio', 'clu'):
+            sys.modules[name] = None  # unimportable, and absent to importlib.util.find_spec
+        import xfm_jax
+        model = xfm_jax.load({os.fspath(workdir)!r})
+        np.save({os.fspath(tmp_path / 'out.npy')!r},
+                model.embed_images({[os.fspath(f) for f in files]!r}))
+    """)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run([sys.executable, '-c', script], cwd=root, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    np.testing.assert_allclose(np.load(tmp_path / 'out.npy'), model.embed_images(files),
+                               atol=1e-5)
+
+
 def test_embeddings_and_itc_are_the_evaluators(model, params, run_config):
     pixels = model.preprocess(_images(5))
     ids = model.tokenize(CAPTIONS)
-    tokenizer = data.Tokenizer(run_config.data.vocab, data.text_length(run_config))
+    tokenizer = data.Tokenizer(run_config.data.vocab, streams.text_length(run_config))
     np.testing.assert_array_equal(ids, tokenizer(CAPTIONS))  # the evaluators' tokens
     module = model.module
     want_images = module.apply({'params': params}, jnp.asarray(pixels),

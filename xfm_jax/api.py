@@ -30,7 +30,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from xfm_jax import checkpoint, partitioning, paths
+from xfm_jax import checkpoint, partitioning, paths, streams
 from xfm_jax.evaluators import batching
 from xfm_jax.models.model import VisionLanguageModel, build_model
 
@@ -109,7 +109,7 @@ def _bicubic_matrix(in_size: int, out_size: int) -> np.ndarray:
 def eval_transform(pixels: np.ndarray, image_size: int) -> np.ndarray:
     """[H, W, 3] pixels in [0, 255] -> float32 [S, S, 3]: resized whole (bicubic, clipped to
     [0, 255]) and CLIP-normalised, as ``evaluators.data.resized_image`` does in TensorFlow."""
-    from xfm_jax.data.image_ops import CLIP_MEAN, CLIP_STD
+    from xfm_jax.data import CLIP_MEAN, CLIP_STD  # TF-free
     height, width = pixels.shape[:2]
     # optimize=True contracts one axis at a time (two matrix products); the default order
     # loops over all five indices at once: seconds for 64 px, minutes for a photo.
@@ -488,8 +488,7 @@ def load(path: paths.PathLike, *, devices: Sequence[jax.Device] | None = None, v
     text = config.model.text
     vocab_config = _vocab_config(location, config if 'data' in config else None, text, vocab)
     if 'data' in config:
-        from xfm_jax.evaluators import data
-        text_len = data.text_length(config)
+        text_len = streams.text_length(config)
     else:
         text_len = min(DEFAULT_TEXT_LEN, text.max_positions - (2 if text.variant == 'roberta'
                                                                else 0))

@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from xfm_jax import evaluators, partitioning
+from xfm_jax import evaluators, partitioning, streams
 from xfm_jax.data import image_ops
 from xfm_jax.evaluators import batching, data, gallery, grounding, linear_probe, metrics
 from xfm_jax.evaluators import retrieval
@@ -117,7 +117,7 @@ def test_zero_shot_classification_matches_direct_computation(ctx):
     settings = ctx.config.evaluate.zero_shot_classification
     out = zero_shot_classification.evaluate(ctx, settings)
     ds = data.load(ctx.config, '', 'validation', 12)
-    tokenizer = data.Tokenizer(ctx.config.data.vocab, data.text_length(ctx.config))
+    tokenizer = data.Tokenizer(ctx.config.data.vocab, streams.text_length(ctx.config))
     prompts = tokenizer([f'a picture of a {name}' for name in ds.label_names])
     _, _, image_emb, _, text_emb, _ = _direct(ctx, ds, prompts)
     expected = 100 * np.mean(np.argmax(np.asarray(image_emb) @ np.asarray(text_emb).T, 1)

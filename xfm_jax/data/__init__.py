@@ -4,3 +4,8 @@ Kept import-free: TensorFlow and seqio load only when a submodule is imported, s
 train-step modules (which never import this package) stay TF-free. Entry point:
 ``xfm_jax.data.pipeline.make_streams``.
 """
+
+# The pixel normalisation every image gets (CLIP's per-channel mean and std of [0, 1] pixels).
+# Here rather than in image_ops so that the Python API's numpy transform reads it TF-free.
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)

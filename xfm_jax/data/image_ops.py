@@ -13,8 +13,7 @@ import math
 import numpy as np
 import tensorflow as tf
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+from xfm_jax.data import CLIP_MEAN, CLIP_STD
 RANDAUG_OPS = ('Identity', 'AutoContrast', 'Equalize', 'Brightness', 'Sharpness',
                'ShearX', 'ShearY', 'TranslateX', 'TranslateY', 'Rotate')
 _FILL = 128.0  # grey fill for pixels that affine ops move in from outside (as the reference)

@@ -1,5 +1,5 @@
 """Runs a jitted function over host rows in fixed-size batches sharded like training, with
-progress and ETA (clu's ``ReportProgress``). Also the model calls the evaluators share.
+progress and ETA (:class:`Progress`). Also the model calls the evaluators share.
 
 Each batch is split over the mesh axes ('data', 'fsdp') (``partitioning.shard_batch``); the last
 batch is padded by repeating row 0 and the padding dropped from the outputs. On several hosts
@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -37,6 +38,26 @@ def global_batch_size(batch_size: int, mesh: jax.sharding.Mesh) -> int:
     return -(-batch_size // multiple) * multiple
 
 
+class Progress:
+    """Rows done, rate and ETA, logged every ``every_secs`` and when the last row is done.
+    Our own rather than clu's ``ReportProgress``: clu's module imports TensorFlow (through its
+    metric writers), and the Python API's image path must run where TensorFlow is absent."""
+
+    def __init__(self, name: str, total: int, every_secs: float = 30.0):
+        self.name, self.total, self.every_secs = name, total, every_secs
+        self.started = self.logged = time.monotonic()
+
+    def __call__(self, done: int) -> None:
+        now = time.monotonic()
+        if done < self.total and now - self.logged < self.every_secs:
+            return
+        self.logged = now
+        rate = done / max(now - self.started, 1e-9)
+        eta = (self.total - done) / rate if rate else float('inf')
+        logging.info('%s: %d / %d rows (%.0f%%), %.1f rows/s, ETA %.0f s', self.name, done,
+                     self.total, 100 * done / max(self.total, 1), rate, eta)
+
+
 def map_batches(fn: Callable[[Any, dict], Any], params: Any, num_rows: int, rows: Rows, *,
                 batch_size: int, mesh: jax.sharding.Mesh, rules, name: str) -> Any:
     """``fn(params, batch)`` over rows 0..num_rows-1 -> its outputs concatenated as numpy.
@@ -49,12 +70,8 @@ def map_batches(fn: Callable[[Any, dict], Any], params: Any, num_rows: int, rows
     batch = global_batch_size(batch_size, mesh)
     local = batch // jax.process_count()
     mine = slice(jax.process_index() * local, (jax.process_index() + 1) * local)
-    # Rows done, rate and ETA logged every 30 s and at the end (clu, as the training loops).
-    from clu import periodic_actions
-    progress = periodic_actions.ReportProgress(num_train_steps=num_rows, every_secs=30.0,
-                                               on_steps=[num_rows])
     logging.info('%s: %d rows in batches of %d', name, num_rows, batch)
-    progress(0)
+    progress = Progress(name, num_rows)
     outputs = []
     with partitioning.sharding_context(mesh, rules):
         for start in range(0, num_rows, batch):

@@ -19,7 +19,7 @@ import json
 import numpy as np
 import tensorflow as tf
 
-from xfm_jax import evaluators
+from xfm_jax import evaluators, streams
 from xfm_jax.data import image_ops, tasks, text_ops, vocab as vocab_lib
 
 
@@ -134,11 +134,6 @@ def _image_shape(encoded: tf.Tensor) -> tf.Tensor:
                    lambda: tf.shape(image_ops.decode_rgb(encoded))[:2])
 
 
-def text_length(config, stream: str = 'image_text') -> int:
-    """Caption length of the run's ``stream`` (the length the model was trained on)."""
-    return int(config.data.streams[stream].text_len)
-
-
 def default_source(data_config, stream: str = 'image_text') -> str:
     """The source of the first task of ``data.streams.<stream>.mixture``."""
     if stream not in data_config.streams:
@@ -191,7 +186,7 @@ def load(config, source: str, split: str, max_images: int = 0) -> EvalSet:
     ``config.model.vision.image_size``."""
     _check_data(config)
     return _load(_data_json(config), source or default_source(config.data), split,
-                 int(max_images), int(config.model.vision.image_size), text_length(config))
+                 int(max_images), int(config.model.vision.image_size), streams.text_length(config))
 
 
 @functools.lru_cache(maxsize=4)
@@ -273,7 +268,8 @@ def load_video(config, source: str, split: str, max_videos: int = 0) -> VideoSet
     if not config.model.video_frames:
         raise ValueError('Video evaluation needs a model with a video path '
                          '(config.model.video_frames > 0: X²-VLM).')
-    length = text_length(config, 'video' if 'video' in config.data.streams else 'image_text')
+    stream = 'video' if 'video' in config.data.streams else 'image_text'
+    length = streams.text_length(config, stream)
     return _load_video(_data_json(config), source or default_source(config.data, 'video'), split,
                        int(max_videos), int(config.model.vision.image_size), length,
                        int(config.model.video_frames))

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from xfm_jax import evaluators
+from xfm_jax import evaluators, streams
 from xfm_jax.evaluators import batching, data, metrics
 
 
@@ -23,7 +23,7 @@ def evaluate(ctx: batching.EvalContext, settings) -> dict[str, float]:
         raise evaluators.SourceLacks(f'zero_shot_classification: source {settings.source!r} has no class '
                          "labels ('label' feature); set config.evaluate."
                          'zero_shot_classification.source.')
-    tokenizer = data.Tokenizer(ctx.config.data.vocab, data.text_length(ctx.config))
+    tokenizer = data.Tokenizer(ctx.config.data.vocab, streams.text_length(ctx.config))
     prompts = tokenizer([settings.prompt.format(name.replace('_', ' '))
                          for name in ds.label_names])
     image_embedding, _ = ctx.map(batching.image_encoder(ctx.model), ds.num_images,

@@ -31,6 +31,11 @@ STREAMS: dict[str, Stream] = {s.name: s for s in (
     text.STREAM, image.STREAM, image_text.STREAM, region.STREAM, video.STREAM)}
 
 
+def text_length(config, stream: str = 'image_text') -> int:
+    """Caption length of the run's ``stream`` (the length the model was trained on)."""
+    return int(config.data.streams[stream].text_len)
+
+
 def get(name: str) -> Stream:
     """The record of stream ``name``; a ValueError names the known ones."""
     if name not in STREAMS:
