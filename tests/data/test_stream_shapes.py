@@ -28,6 +28,21 @@ def test_a_batch_override_reaches_data_and_flops(key, value):
     assert video.batch.video.frames == video.data.streams.video.frames == 3
 
 
+def test_caption_length_of_a_run_without_image_text():
+    """The evaluators tokenise at the run's caption length: image_text's, else the first stream
+    with captions (a region-only run), else a one-line error."""
+    config = xfm_base.get_config('runlocal')
+    config.batch.image_text.text_len, config.batch.region.text_len = 12, 9
+    assert streams.text_length(config) == 12
+    config.unlock()
+    del config.data.streams.image_text
+    assert streams.text_length(config) == 9
+    for stream in ('region', 'image'):
+        del config.data.streams[stream]
+    with pytest.raises(ValueError, match="no 'image_text' stream nor any other with captions"):
+        streams.text_length(config)
+
+
 def test_the_pipeline_yields_the_overridden_shapes(data_dir):
     config = xfm_base.get_config('runlocal')
     config.data.tfds_data_dir = data_dir

@@ -32,8 +32,17 @@ STREAMS: dict[str, Stream] = {s.name: s for s in (
 
 
 def text_length(config, stream: str = 'image_text') -> int:
-    """Caption length of the run's ``stream`` (the length the model was trained on)."""
-    return int(config.data.streams[stream].text_len)
+    """Caption length of the run's ``stream`` (the length the model was trained on); for a run
+    without that stream, of its first stream with captions (e.g. a region-only run)."""
+    data_streams = config.data.streams
+    if stream not in data_streams:
+        captioned = [s for s in data_streams if s != 'text' and 'text_len' in data_streams[s]]
+        if not captioned:
+            raise ValueError(f'config.data.streams has no {stream!r} stream nor any other with '
+                             f'captions (it has {list(data_streams)}): no caption length to '
+                             'tokenise with.')
+        stream = captioned[0]
+    return int(data_streams[stream].text_len)
 
 
 def get(name: str) -> Stream:
