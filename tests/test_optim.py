@@ -2,6 +2,7 @@
 
 import math
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -93,6 +94,36 @@ def test_default_lr_multipliers_cover_new_params():
         'fusion': {'layer_0': {'cross_attention': {'kernel': 2.0}, 'attention': {'kernel': 1.0}}},
         'temp': 2.0,
     }
+
+
+def test_mini_rates_on_the_mini_models_params():
+    """The X-FM miniature: pretrained language tower 1x, the from-scratch vision tower and ITC
+    projections 10x, the fresh fusion layer and its heads at the reference's 1x / 2x (at 10x
+    the box head collapsed); X²-VLM's pretrained fusion layers keep the measured 10x."""
+    from configs import x2vlm_base, xfm_base
+    from xfm_jax import train_step as ts
+    from xfm_jax.models.model import build_model
+
+    def rates(config):
+        model = build_model(config.model)
+        params = jax.eval_shape(lambda r: ts.init_variables(model, r), jax.random.key(0))
+        tree = optim.lr_multiplier_tree(
+            params['params'], optim.parse_lr_multipliers(config.optimizer.lr_multipliers))
+        flat = flax.traverse_util.flatten_dict(nn.unbox(tree), sep='/')
+        out = {}
+        for name, rate in flat.items():
+            part = ('cross_attention' if '/cross_attention' in name else  # and its norm
+                    name.split('/')[0] + ('/mlm_head' if '/mlm_head/' in name else ''))
+            out.setdefault(part, set()).add(rate)
+        return out
+
+    assert rates(xfm_base.get_config('mini')) == {
+        'text_encoder': {1.0}, 'text_encoder/mlm_head': {10.0}, 'vision_encoder': {10.0},
+        'vision_proj': {10.0}, 'text_proj': {10.0}, 'temp': {10.0},
+        'fusion_encoder': {1.0}, 'fusion_encoder/mlm_head': {1.0}, 'cross_attention': {2.0},
+        'itm_head': {2.0}, 'bbox_head': {2.0}}
+    x2vlm = rates(x2vlm_base.get_config('mini'))
+    assert x2vlm['text_encoder'] == {1.0} and x2vlm['cross_attention'] == {10.0}
 
 
 @pytest.mark.parametrize('spec', ['vision_proj', '=2', 'a=2,b'])
