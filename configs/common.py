@@ -340,6 +340,11 @@ def _own_captions(config: ml_collections.ConfigDict) -> None:
     config.evaluate.evaluators = 'retrieval'
 
 
+# The miniatures' base rates: the pretrained language tower 1x, everything else 10x.
+_PRETRAINED_TEXT_1X = '^text_encoder/(embeddings|encoder)/=1'
+MINI_LR_MULTIPLIERS = f'{_PRETRAINED_TEXT_1X},.=10'
+
+
 def _mini_recipe(config: ml_collections.ConfigDict, model_dir: str) -> None:
     """The open-vocabulary miniature (preset 'mini'): the pretrained language tower's WordPiece
     vocabulary and weights, 64 px synthetic scenes, minutes on a 2-core CPU."""
@@ -371,9 +376,9 @@ def _mini_recipe(config: ml_collections.ConfigDict, model_dir: str) -> None:
     # 10x the box head collapsed to one central box (box loss alone, 1,000 steps: centre
     # correlation 0.00, grounding 1.6 %; at these rates 0.63 and 9.9 %; docs/training.md).
     # X²-VLM's fusion layers are BERT's pretrained layers, measured (and learning ITM) at 10x.
-    mini_rates = '^text_encoder/(embeddings|encoder)/=1,.=10'
+    mini_rates = MINI_LR_MULTIPLIERS
     if config.model.family == 'xfm':
-        mini_rates = ('^text_encoder/(embeddings|encoder)/=1,cross_attention=2,^fusion_encoder/=1,'
+        mini_rates = (f'{_PRETRAINED_TEXT_1X},cross_attention=2,^fusion_encoder/=1,'
                       '^(itm_head|bbox_head)/=2,.=10')
     config.optimizer.update(learning_rate=1e-4, warmup_steps=50, lr_multipliers=mini_rates)
     # Held-out retrieval every 100 steps: the README's curves.

@@ -37,7 +37,7 @@ def _claims(config) -> None:
     config.optimizer.warmup_steps = 20
     # The rates the README's claims table was measured with (2026-12-01), from before the mini
     # recipe put X-FM's fusion layer at the reference's rates; re-run the table to change them.
-    config.optimizer.lr_multipliers = '^text_encoder/(embeddings|encoder)/=1,.=10'
+    config.optimizer.lr_multipliers = common.MINI_LR_MULTIPLIERS
     config.train.update(total_steps=100, log_every=25, eval_every=0)
     config.checkpoint.every_steps = 100
     # What the claims are read on: held-out retrieval (VL) and frozen-feature probes on
