@@ -107,8 +107,21 @@ def _during_training(config) -> str:
     return ','.join(names)
 
 
+def _check_evaluation_sources(config, during_training: str) -> None:
+    """The held-out sources of the evaluations during and after training, resolved before
+    anything compiles (a region-only run must name its grounding source up front)."""
+    if 'data' not in config:
+        return
+    from xfm_jax import evaluators
+    from xfm_jax.evaluators import data
+    names = set(evaluators.parse_names(during_training))
+    names |= {n for n in evaluators.parse_names(config.evaluate.evaluators) if n in config.evaluate}
+    data.check_sources(config, sorted(names))
+
+
 def _train(config, workdir, lock) -> dict:
     during_training = _during_training(config)
+    _check_evaluation_sources(config, during_training)
     if 'data' in config:
         from xfm_jax.data import tasks  # TensorFlow and seqio load only for real data
         tasks.fit_model_to_vocabulary(config)

@@ -58,3 +58,20 @@ def test_the_pipeline_yields_the_overridden_shapes(data_dir):
     assert batch['image_text']['input_ids'].shape == (4, 12)
     assert batch['region']['box'].shape == (2, 2, 4)
     assert batch['region']['patch_mask'].shape == (2, 2, (48 // 8) ** 2)
+
+
+def test_a_run_without_the_default_evaluation_stream_fails_before_training(tmp_path):
+    """A region-only run whose grounding evaluation names no source fails at once with the
+    one-line error, not at its first evaluation after minutes of training."""
+    from xfm_jax import train
+    config = xfm_base.get_config('runlocal')
+    config.unlock()
+    for stream in ('image_text', 'image', 'text'):
+        for section in (config.streams, config.batch, config.data.streams):
+            del section[stream]
+    config.evaluate.update(during_training='grounding', evaluators='grounding')
+    with pytest.raises(ValueError, match="no 'image_text' stream to take the evaluation source"):
+        train.train(config, str(tmp_path / 'run'))
+    assert not (tmp_path / 'run' / 'checkpoints').exists()
+    config.evaluate.grounding.source = 'xfm_synthetic_scenes'
+    train._check_evaluation_sources(config, 'grounding')  # named: nothing to resolve

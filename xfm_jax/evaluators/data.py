@@ -147,6 +147,17 @@ def default_source(data_config, stream: str = 'image_text') -> str:
                      f"source's {stream} task; name config.evaluate.<evaluator>.source.")
 
 
+def check_sources(config, names) -> None:
+    """Resolves the data source of each evaluator in ``names`` that names none (its
+    ``config.evaluate.<name>.source`` is ''), as :func:`load` and :func:`load_video` will: a
+    run whose data lacks the default stream fails here, before training, with the one-line
+    error of :func:`default_source`, not at its first evaluation."""
+    from xfm_jax import evaluators
+    for name in names:
+        if not config.evaluate[name].get('source', 'named'):
+            default_source(config.data, 'video' if name in evaluators.VIDEO else 'image_text')
+
+
 def _check_data(config) -> None:
     if 'data' not in config:
         raise ValueError('Evaluation reads data through config.data (configs/data.py), which '
