@@ -374,7 +374,7 @@ def _mini_recipe(config: ml_collections.ConfigDict, model_dir: str) -> None:
     # projections, trained from scratch, 10x faster. X-FM's fresh fusion layer and the heads on
     # it stay at the reference's rates (1x, 2x for cross-attention and the ITM / box heads): at
     # 10x the box head collapsed to one central box (box loss alone, 1,000 steps: centre
-    # correlation 0.00, grounding 1.6 %; at these rates 0.63 and 9.9 %; docs/training.md).
+    # correlation 0.00, grounding 0.7 %; at these rates 0.63 and 13.2 %; docs/training.md).
     # X²-VLM's fusion layers are BERT's pretrained layers, measured (and learning ITM) at 10x.
     mini_rates = MINI_LR_MULTIPLIERS
     if config.model.family == 'xfm':
