@@ -104,8 +104,18 @@ def _finish(workdir, procs):
     """Waits for every process to exit with status 0; returns their logs."""
     codes = [p.wait(timeout=TIMEOUT_S) for p in procs]
     logs = _logs(workdir, procs)
-    assert codes == [0] * len(procs), '\n'.join(log[-3000:] for log in logs)
+    assert codes == [0] * len(procs), f'exit codes {codes}:\n' + '\n'.join(
+        _failure_lines(i, log) for i, log in enumerate(logs))
     return logs
+
+
+def _failure_lines(i, log):
+    """A log's error lines wherever they are (a fatal abort ends with Python's module list,
+    which would fill a plain tail) and its last lines."""
+    errors = [line[:400] for line in log.splitlines()
+              if re.search(r'Error|Traceback|^F\d{4}|Check fail|DEADLINE|timed out', line)]
+    return f'--- log{i}.txt: error lines\n' + '\n'.join(errors[:40]) + \
+        f'\n--- log{i}.txt: tail\n' + log[-1500:]
 
 
 def _assert_final_params(workdir, reference):
@@ -171,7 +181,11 @@ def test_two_processes_stop_at_one_step_and_train_like_one(start, reference, tmp
     stopped = {int(re.search(r'preempted: saved step (\d+)', log)[1]) for log in logs}
     assert len(stopped) == 1 and _steps(workdir)[-1] == stopped.pop() < TOTAL_STEPS
 
-    _finish(workdir, start(workdir, processes=2))
+    # The resumed pair: each process waits for the other's compile before its first step (one
+    # that hit the compilation cache once reached the step's collectives 50 s early and the CPU
+    # collectives gave up after 30 s).
+    for log in _finish(workdir, start(workdir, processes=2)):
+        assert 'all 2 processes reached train_step_compiled' in log
     with open(os.path.join(workdir, train.METRICS_FILE)) as f:
         saved = json.load(f)
     assert saved['step'] == TOTAL_STEPS and saved['metrics'].keys() == reference[0].keys()

@@ -4,12 +4,14 @@ jax's own cluster detection decides (Cloud TPU VMs and multislice, SLURM, Open M
 and jax's ``JAX_COORDINATOR_ADDRESS`` / ``JAX_NUM_PROCESSES`` / ``JAX_PROCESS_ID``); the
 explicit ``XFM_COORDINATOR_ADDRESS`` (host:port of process 0), ``XFM_NUM_PROCESSES`` and
 ``XFM_PROCESS_ID`` (all three or none) override it for any other cluster. One process (no cluster,
-or a cluster of one) initialises nothing.
+or a cluster of one) initialises nothing. ``barrier`` lines the processes up where their paths
+may diverge in time (one host compiles while another reads the compilation cache).
 """
 
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Mapping
 
 from absl import logging
@@ -86,3 +88,20 @@ def initialize() -> None:
     jax.distributed.initialize(**kwargs)
     logging.info('process %d of %d; %d local of %d devices', jax.process_index(),
                  jax.process_count(), jax.local_device_count(), jax.device_count())
+
+
+def barrier(name: str, timeout_s: int = 3600) -> None:
+    """Waits until every process has reached ``name`` (a coordination-service barrier: no
+    collective, so no device work waits on it); returns at once for one process.
+
+    Before the first step, a process that read the compilation cache must not reach the step's
+    collectives minutes ahead of one that compiles: collective back-ends give up on a peer
+    sooner (jax's CPU collectives after 30 s) than a compile takes.
+    """
+    if jax.process_count() == 1:
+        return
+    from orbax.checkpoint import multihost  # the coordination client's barrier, as Orbax uses it
+    start = time.perf_counter()
+    multihost.get_barrier_sync_fn()(key=f'xfm_jax/{name}', timeout_ms=timeout_s * 1000)
+    logging.info('all %d processes reached %s (waited %.1f s)', jax.process_count(), name,
+                 time.perf_counter() - start)

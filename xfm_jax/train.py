@@ -171,6 +171,7 @@ def _train(config, workdir, lock) -> dict:
         with partitioning.sharding_context(mesh, rules):
             step_fn = compilation.compile_logged(ts.jit_train_step(step, state_sh, batch_sh),
                                                  state, batch, rng, name='the train step')
+        distributed.barrier('train_step_compiled')  # no host starts the step alone
 
     # ---- metrics -----------------------------------------------------------------------------
     from clu import metric_writers, periodic_actions
