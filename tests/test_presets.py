@@ -1,5 +1,6 @@
-"""The open-vocabulary presets: 'mini' (the README's main job) and 'captions' (the user's pairs
-from the command line) wire the pretrained tower's vocabulary, weights and shapes together."""
+"""The open-vocabulary presets: 'mini' (the README's main job, after its stage 1
+'mini_regions') and 'captions' (the user's pairs from the command line) wire the pretrained
+tower's vocabulary, weights and shapes together."""
 
 import json
 import os
@@ -40,6 +41,21 @@ def test_mini_takes_the_pretrained_towers_sizes_ids_and_files():
     x2 = x2vlm_base.get_config('mini')  # BERT's lower half as text layers, upper as fusion
     assert x2.model.text.depth + x2.model.fusion.depth == hf['num_hidden_layers']
     assert x2.train.init_fusion_from_text_layers == f'{x2.model.text.depth}-{hf["num_hidden_layers"] - 1}'
+
+
+def test_mini_regions_is_the_mini_recipe_on_its_region_stream_alone():
+    """Stage 1 of the main job: stage 2 ('mini') loads every parameter of its checkpoint by
+    name, so the model must be the same; the grounding evaluation names its own source."""
+    from xfm_jax import train
+    stage1, stage2 = xfm_base.get_config('mini_regions'), xfm_base.get_config('mini')
+    assert list(stage1.streams) == list(stage1.batch) == list(stage1.data.streams) == ['region']
+    assert stage1.streams.region == stage2.streams.region
+    assert stage1.batch.region == stage2.batch.region
+    assert stage1.model == stage2.model and stage1.optimizer == stage2.optimizer
+    assert stage1.data.vocab == stage2.data.vocab
+    assert stage1.train.init_from == stage2.train.init_from  # MiniLM
+    assert stage1.evaluate.evaluators == stage1.evaluate.during_training == 'grounding'
+    train._check_evaluation_sources(stage1, 'grounding')  # resolves without an image_text stream
 
 
 def test_captions_preset_reads_the_users_pairs_with_an_open_vocabulary(tmp_path):

@@ -3,7 +3,7 @@ model's image size reaches the input pipeline's batches and the FLOPs count alik
 
 import pytest
 
-from configs import x2vlm_base, xfm_base
+from configs import common, x2vlm_base, xfm_base
 from xfm_jax import flops, streams
 from xfm_jax.data import pipeline
 
@@ -66,9 +66,7 @@ def test_a_run_without_the_default_evaluation_stream_fails_before_training(tmp_p
     from xfm_jax import train
     config = xfm_base.get_config('runlocal')
     config.unlock()
-    for stream in ('image_text', 'image', 'text'):
-        for section in (config.streams, config.batch, config.data.streams):
-            del section[stream]
+    common.keep_streams(config, ['region'])
     config.evaluate.update(during_training='grounding', evaluators='grounding')
     with pytest.raises(ValueError, match="no 'image_text' stream to take the evaluation source"):
         train.train(config, str(tmp_path / 'run'))
