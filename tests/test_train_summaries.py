@@ -54,7 +54,8 @@ def _write_run(logdir):
                                    'train/image_text/itm_loss': 0.7,
                                    'train/image_text/itm_prior_loss': 0.6365})
     first.write_scalars(2, {'eval/retrieval/itc/t2i_r1': 12.5,
-                            'eval/retrieval/chance/t2i_r1': 0.5})
+                            'eval/retrieval/chance/t2i_r1': 0.5,
+                            'eval/grounding/accuracy': 3.5})
     first.write_images(2, {'eval/retrieval/retrieval_gallery': np.zeros((1, 4, 4, 3),
                                                                         np.uint8)})
     first.close()
@@ -72,6 +73,9 @@ def test_curves_read_the_scalars_and_draw_the_png(tmp_path):
     assert scalars['train/image_text/itm_prior_loss'] == pytest.approx({s: 0.6365
                                                                         for s in (1, 2, 3)})
     assert not any('gallery' in tag for tag in scalars)  # images are not scalars
+    assert curves.evaluation_series(scalars) == [  # what the middle panel draws
+        ('itc/t2i_r1', 'eval/retrieval/itc/t2i_r1'),
+        ('grounding acc@IoU0.5', 'eval/grounding/accuracy')]
     path = curves.draw(tmp_path)
     assert path == str(tmp_path / curves.CURVES_FILE)
     with Image.open(path) as png:

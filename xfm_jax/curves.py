@@ -1,7 +1,7 @@
 r"""A training run's learning curves, drawn from its TensorBoard events into ``WORKDIR/curves.png``:
-the training losses per objective, held-out retrieval R@1 over the steps (beside chance), and
-each stream's ITM loss beside its prior. ``xfm_jax.train`` draws it at the end of a run; by hand
-(during a run too):
+the training losses per objective, held-out retrieval R@1 and grounding accuracy over the steps
+(beside retrieval's chance), and each stream's ITM loss beside its prior. ``xfm_jax.train`` draws
+it at the end of a run; by hand (during a run too):
 
     python -m xfm_jax.curves --workdir=runs/quickstart
 
@@ -23,6 +23,8 @@ from xfm_jax import paths, summaries
 CURVES_FILE = 'curves.png'
 OBJECTIVE_LOSS = re.compile(r'^train/(\w+)/(\w+)_loss$')  # train/<stream>/<objective>_loss
 RETRIEVAL_R1 = ('itc/t2i_r1', 'itc/i2t_r1', 'itm/t2i_r1', 'itm/i2t_r1')
+# Held-out percentages drawn beside retrieval R@1 when a run evaluates them during training.
+EVALUATION_PERCENT = {'grounding/accuracy': 'grounding acc@IoU0.5'}
 
 
 def _written_order(path) -> tuple[int, int, str]:
@@ -60,6 +62,14 @@ def _series(scalars, tag):
     return [s for s, _ in points], [v for _, v in points]
 
 
+def evaluation_series(scalars) -> list[tuple[str, str]]:
+    """(label, tag) of each held-out percentage the run logged, in drawing order: retrieval
+    R@1 per model and direction, then grounding accuracy."""
+    tags = [(metric, f'{summaries.EVAL}retrieval/{metric}') for metric in RETRIEVAL_R1]
+    tags += [(label, f'{summaries.EVAL}{name}') for name, label in EVALUATION_PERCENT.items()]
+    return [(label, tag) for label, tag in tags if tag in scalars]
+
+
 def draw(workdir) -> str:
     """Draws the curves of the run in ``workdir`` to ``workdir/curves.png``; returns its path."""
     from matplotlib.figure import Figure
@@ -75,11 +85,9 @@ def draw(workdir) -> str:
             losses.plot(*_series(scalars, tag), label=tag[len(summaries.TRAIN):],
                         linewidth=2.5 if tag == 'train/loss' else 1.2)
 
-    retrieval.set_title('held-out retrieval R@1 (%)')
-    for metric in RETRIEVAL_R1:
-        tag = f'{summaries.EVAL}retrieval/{metric}'
-        if tag in scalars:
-            retrieval.plot(*_series(scalars, tag), marker='o', label=metric)
+    retrieval.set_title('held-out retrieval R@1 and grounding (%)')
+    for label, tag in evaluation_series(scalars):
+        retrieval.plot(*_series(scalars, tag), marker='o', label=label)
     chance = f'{summaries.EVAL}retrieval/chance/t2i_r1'
     if chance in scalars:
         retrieval.axhline(list(scalars[chance].values())[-1], color='grey', linestyle=':',
