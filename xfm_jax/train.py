@@ -98,24 +98,21 @@ def _during_training(config) -> str:
         raise ValueError(f'config.train.eval_every={config.train.eval_every} needs held-out data '
                          '(config.data); this config trains on random batches.')
     from xfm_jax import evaluators
-    names = evaluators.parse_names(config.evaluate.during_training)
-    for name in names:
-        if name not in evaluators.NAMES or name not in config.evaluate:
-            raise ValueError(f'config.evaluate.during_training names {name!r}, which is not an '
-                             f'evaluator with settings in config.evaluate; known: '
-                             f'{evaluators.NAMES}.')
-    return ','.join(names)
+    return ','.join(evaluators.check_names(config.evaluate.during_training, config.evaluate,
+                                           'config.evaluate.during_training'))
 
 
 def _check_evaluation_sources(config, during_training: str) -> None:
-    """The held-out sources of the evaluations during and after training, resolved before
-    anything compiles (a region-only run must name its grounding source up front)."""
+    """The evaluators during and after training and their held-out sources, checked before
+    anything compiles (a misspelt final evaluator or a region-only run's missing grounding
+    source fails now, not after training)."""
     if 'data' not in config:
         return
     from xfm_jax import evaluators
     from xfm_jax.evaluators import data
     names = set(evaluators.parse_names(during_training))
-    names |= {n for n in evaluators.parse_names(config.evaluate.evaluators) if n in config.evaluate}
+    names |= set(evaluators.check_names(config.evaluate.evaluators, config.evaluate,
+                                        'config.evaluate.evaluators'))
     data.check_sources(config, sorted(names))
 
 

@@ -73,3 +73,21 @@ def test_a_run_without_the_default_evaluation_stream_fails_before_training(tmp_p
     assert not (tmp_path / 'run' / 'checkpoints').exists()
     config.evaluate.grounding.source = 'xfm_synthetic_scenes'
     train._check_evaluation_sources(config, 'grounding')  # named: nothing to resolve
+
+
+def test_a_misspelt_final_evaluator_fails_before_training(tmp_path):
+    """The evaluators after training are checked with those during it, before anything
+    compiles: an unknown name, or one without its settings section, is a one-line error."""
+    from xfm_jax import train
+    config = xfm_base.get_config('runlocal')
+    config.evaluate.evaluators = 'retrieval,grounding_'
+    with pytest.raises(ValueError, match="config.evaluate.evaluators names unknown evaluator "
+                                         "'grounding_'"):
+        train.train(config, str(tmp_path / 'run'))
+    assert not (tmp_path / 'run' / 'checkpoints').exists()
+    config.unlock()
+    del config.evaluate.grounding
+    config.evaluate.evaluators = 'grounding'
+    with pytest.raises(ValueError, match="names 'grounding', which has no settings section "
+                                         'config.evaluate.grounding'):
+        train._check_evaluation_sources(config, '')

@@ -41,6 +41,19 @@ def parse_names(names: str) -> list[str]:
     return [n.strip() for n in names.split(',') if n.strip()]
 
 
+def check_names(names: str, settings: ml_collections.ConfigDict, key: str) -> list[str]:
+    """:func:`parse_names`, each name checked: a known evaluator with a settings section in
+    ``settings`` (``config.evaluate``). ``key`` names the config value in the error."""
+    parsed = parse_names(names)
+    for name in parsed:
+        if name not in NAMES:
+            raise ValueError(f'{key} names unknown evaluator {name!r}; known: {NAMES}.')
+        if name not in settings:
+            raise ValueError(f'{key} names {name!r}, which has no settings section '
+                             f'config.evaluate.{name}.')
+    return parsed
+
+
 def evaluate_config(arg: str = '', video: bool = False) -> ml_collections.ConfigDict:
     """``config.evaluate``: which evaluators run and their settings.
 

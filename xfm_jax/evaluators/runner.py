@@ -31,11 +31,9 @@ def run_evaluators(config, params, mesh, rules, *, workdir: str | None = None, s
     from xfm_jax.models.model import build_model
     settings = config.evaluate if 'evaluate' in config else evaluators.evaluate_config(
         video=bool(config.model.video_frames))
-    names = evaluators.parse_names(settings.evaluators if names is None else names)
-    for name in names:
-        evaluators.get(name)  # unknown names fail before anything runs
-        if name not in settings:
-            raise ValueError(f'config.evaluate has no settings section {name!r}.')
+    names = evaluators.check_names(  # unknown names fail before anything runs
+        settings.evaluators if names is None else names, settings,
+        'config.evaluate.evaluators' if names is None else 'the evaluator list')
     ctx = batching.EvalContext(model=build_model(config.model), params=params, mesh=mesh,
                                rules=rules, config=config, batch_size=settings.batch_size,
                                workdir=os.fspath(paths.resolve(workdir)) if workdir else None,
