@@ -22,8 +22,10 @@ for arg in "$@"; do
 done
 if [[ "$own_config" == 0 && "$region_steps" != 0 ]]; then
   stage1="${workdir}-regions"
-  if python -c "import json, sys; sys.exit(json.load(open(sys.argv[1]))['step'] < int(sys.argv[2]))" \
-      "${stage1}/metrics.json" "${region_steps}" 2>/dev/null; then
+  # Done when its metrics.json (local or gs://, read through the path layer) is at the last step.
+  if python -c "import sys; from xfm_jax import paths
+sys.exit(paths.read_json(sys.argv[1] + '/metrics.json')['step'] < int(sys.argv[2]))" \
+      "${stage1}" "${region_steps}" 2>/dev/null; then
     echo "local.sh: stage 1 already done (${stage1})"
   else
     echo "local.sh: stage 1 of 2, the region stream alone; checkpoints and logs in ${stage1}"
