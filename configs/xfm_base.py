@@ -36,6 +36,8 @@ def _mini_regions(config) -> None:
     while the region stream alone learns it (29.3 % at step 1,000) and keeps it once the other
     streams join (docs/training.md, *The miniature: what it learns*)."""
     common.keep_streams(config, ['region'])
+    # The fresh fusion layer and the box head at the reference's rates: at 10x the box collapses.
+    config.optimizer.lr_multipliers = common.XFM_MINI_BOX_LR_MULTIPLIERS
     config.train.update(total_steps=1000, log_every=50, eval_every=250)
     config.checkpoint.every_steps = 250
     # Held-out grounding on the synthetic scenes (the default reads the image-text stream's
@@ -59,10 +61,7 @@ def _claims(config) -> None:
     config.batch.text.text_len = 24  # glosses and fortunes run longer than captions
     config.data.streams.image_text.mixture = [
         ('xfm_synthetic_scenes_image_text', 1.0), ('xfm_synthetic_scenes_vqa_image_text', 0.5)]
-    config.optimizer.warmup_steps = 20
-    # The rates the README's claims table was measured with (2026-12-01), from before the mini
-    # recipe put X-FM's fusion layer at the reference's rates; re-run the table to change them.
-    config.optimizer.lr_multipliers = common.MINI_LR_MULTIPLIERS
+    config.optimizer.warmup_steps = 20  # the rates: the miniature's (the claims table's)
     config.train.update(total_steps=100, log_every=25, eval_every=0)
     config.checkpoint.every_steps = 100
     # What the claims are read on: held-out retrieval (VL) and frozen-feature probes on

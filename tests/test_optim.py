@@ -98,8 +98,9 @@ def test_default_lr_multipliers_cover_new_params():
 
 def test_mini_rates_on_the_mini_models_params():
     """The X-FM miniature: pretrained language tower 1x, the from-scratch vision tower and ITC
-    projections 10x, the fresh fusion layer and its heads at the reference's 1x / 2x (at 10x
-    the box head collapsed); X²-VLM's pretrained fusion layers keep the measured 10x."""
+    projections 10x. Stage 1 (region stream alone) keeps the fresh fusion layer and its heads at
+    the reference's 1x / 2x (at 10x the box head collapsed); stage 2 ('mini') trains them at
+    10x with the rest, as X²-VLM's pretrained fusion layers."""
     from configs import x2vlm_base, xfm_base
     from xfm_jax import train_step as ts
     from xfm_jax.models.model import build_model
@@ -117,11 +118,15 @@ def test_mini_rates_on_the_mini_models_params():
             out.setdefault(part, set()).add(rate)
         return out
 
+    from_scratch = {'text_encoder': {1.0}, 'text_encoder/mlm_head': {10.0},
+                    'vision_encoder': {10.0}, 'vision_proj': {10.0}, 'text_proj': {10.0},
+                    'temp': {10.0}}
+    assert rates(xfm_base.get_config('mini_regions')) == {
+        **from_scratch, 'fusion_encoder': {1.0}, 'fusion_encoder/mlm_head': {1.0},
+        'cross_attention': {2.0}, 'itm_head': {2.0}, 'bbox_head': {2.0}}
     assert rates(xfm_base.get_config('mini')) == {
-        'text_encoder': {1.0}, 'text_encoder/mlm_head': {10.0}, 'vision_encoder': {10.0},
-        'vision_proj': {10.0}, 'text_proj': {10.0}, 'temp': {10.0},
-        'fusion_encoder': {1.0}, 'fusion_encoder/mlm_head': {1.0}, 'cross_attention': {2.0},
-        'itm_head': {2.0}, 'bbox_head': {2.0}}
+        **from_scratch, 'fusion_encoder': {10.0}, 'fusion_encoder/mlm_head': {10.0},
+        'cross_attention': {10.0}, 'itm_head': {10.0}, 'bbox_head': {10.0}}
     x2vlm = rates(x2vlm_base.get_config('mini'))
     assert x2vlm['text_encoder'] == {1.0} and x2vlm['cross_attention'] == {10.0}
 

@@ -45,13 +45,16 @@ def test_mini_takes_the_pretrained_towers_sizes_ids_and_files():
 
 def test_mini_regions_is_the_mini_recipe_on_its_region_stream_alone():
     """Stage 1 of the main job: stage 2 ('mini') loads every parameter of its checkpoint by
-    name, so the model must be the same; the grounding evaluation names its own source."""
+    name, so the model must be the same; the optimizer differs only in its rates (test_optim);
+    the grounding evaluation names its own source."""
     from xfm_jax import train
     stage1, stage2 = xfm_base.get_config('mini_regions'), xfm_base.get_config('mini')
     assert list(stage1.streams) == list(stage1.batch) == list(stage1.data.streams) == ['region']
     assert stage1.streams.region == stage2.streams.region
     assert stage1.batch.region == stage2.batch.region
-    assert stage1.model == stage2.model and stage1.optimizer == stage2.optimizer
+    assert stage1.model == stage2.model
+    stage1.optimizer.lr_multipliers = stage2.optimizer.lr_multipliers
+    assert stage1.optimizer == stage2.optimizer
     assert stage1.data.vocab == stage2.data.vocab
     assert stage1.train.init_from == stage2.train.init_from  # MiniLM
     assert stage1.evaluate.evaluators == stage1.evaluate.during_training == 'grounding'
