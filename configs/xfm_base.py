@@ -59,10 +59,8 @@ def _claims(config) -> None:
     text = config.data.streams.text
     text.mixture = [('wordnet_glosses_text', 1.0), ('fortunes_text', 0.5)]
     config.batch.text.text_len = 24  # glosses and fortunes run longer than captions
-    config.data.streams.image_text.mixture = [
-        ('xfm_synthetic_scenes_image_text', 1.0), ('xfm_synthetic_scenes_vqa_image_text', 0.5)]
-    # The rates stay the miniature's (common.MINI_LR_MULTIPLIERS), as the claims table was
-    # measured with them.
+    # The image-text stream, its captions-only mixture and the rates stay the miniature's
+    # (preset 'mini').
     config.optimizer.warmup_steps = 20
     config.train.update(total_steps=100, log_every=25, eval_every=0)
     config.checkpoint.every_steps = 100

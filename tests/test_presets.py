@@ -38,6 +38,10 @@ def test_mini_takes_the_pretrained_towers_sizes_ids_and_files():
         assert config.data.vocab.path == os.path.join(model_dir, 'vocab.txt')
         assert config.train.init_from == os.path.join(model_dir, 'model.safetensors')
         assert config.data.image_size == config.model.vision.image_size == 64
+        # Captions only in the pair stream: ITC / ITM take the other pairs as negatives.
+        assert config.data.streams.image_text.mixture == [('xfm_synthetic_scenes_image_text', 1.0)]
+    claims = xfm_base.get_config('claims')
+    assert claims.data.streams.image_text == xfm_base.get_config('mini').data.streams.image_text
     x2 = x2vlm_base.get_config('mini')  # BERT's lower half as text layers, upper as fusion
     assert x2.model.text.depth + x2.model.fusion.depth == hf['num_hidden_layers']
     assert x2.train.init_fusion_from_text_layers == f'{x2.model.text.depth}-{hf["num_hidden_layers"] - 1}'

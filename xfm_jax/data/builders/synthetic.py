@@ -1,8 +1,9 @@
 """``xfm_synthetic``: procedurally drawn scenes, clips and sentences; builds offline in seconds.
 
 Scenes are 1-3 coloured shapes on a grey background; every text truly describes its image:
-captions ("a large red circle and a small blue square"), region phrases with boxes ("the small
-blue square"), question-answer pairs ("what color is the circle? red") and a class label (the
+two captions naming every shape, in drawing order ("a small blue square and a large red circle")
+and largest first ("a picture of a large red circle and a small blue square"), region phrases
+with boxes ("the small blue square"), question-answer pairs ("what color is the circle? red") and a class label (the
 largest shape). Clips are a shape moving in one direction ("a red circle moving left"). Sentences
 are text-only statements from the same grammar. Example i of a split is drawn from
 ``np.random.default_rng((split_salt, i))``: the dataset is identical on every machine.
@@ -108,10 +109,15 @@ def scene(rng: np.random.Generator, size: int) -> dict:
     items = sample_shapes(rng, size, int(rng.integers(1, 4)))
     for item in items:
         draw(canvas, item)
-    largest = max(items, key=lambda i: i.box[2])
+    by_size = sorted(items, key=lambda i: -i.box[2])  # stable: ties keep drawing order
+    largest = by_size[0]
     return {
         'image': schema.jpeg_bytes(canvas),
-        'captions': [describe(items), f'a picture of {describe(items[:1])}'],
+        # Both captions name every shape, so a caption is true of its own scene and (up to a
+        # scene with the same shapes) of no other: in version 1.0.0 the second named only the
+        # first shape, true of about one other scene in a batch of 16 in two cases of five, and
+        # ITC / ITM counted those scenes as negatives (docs/training.md).
+        'captions': [describe(items), f'a picture of {describe(by_size)}'],
         'objects': {'bbox': np.array([i.box for i in items], np.float32).reshape(-1, 4),
                     'phrase': [i.phrase() for i in items]},
         'qa': {'question': [q for q, _ in questions(items)],
@@ -157,7 +163,12 @@ def sentence(rng: np.random.Generator) -> str:
 class XfmSynthetic(tfds.core.GeneratorBasedBuilder):
     """Procedural shapes: scenes (image-text, regions, VQA, labels), clips, sentences."""
 
-    VERSION = tfds.core.Version('1.0.0')
+    VERSION = tfds.core.Version('1.1.0')
+    RELEASE_NOTES = {
+        '1.1.0': "Scenes' second caption names every shape, largest first (was: the first "
+                 'shape only). Images, boxes, phrases, questions and labels are unchanged.',
+        '1.0.0': 'Initial release.',
+    }
     BUILDER_CONFIGS = [
         SyntheticConfig(name='scenes_64', kind='scenes', image_size=64, num_examples=2000),
         SyntheticConfig(name='scenes_224', kind='scenes', image_size=256, num_examples=1000),
