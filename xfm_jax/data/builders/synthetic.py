@@ -1,12 +1,13 @@
 """``xfm_synthetic``: procedurally drawn scenes, clips and sentences; builds offline in seconds.
 
 Scenes are 1-3 coloured shapes on a grey background; every text truly describes its image:
-two captions naming every shape, in drawing order ("a small blue square and a large red circle")
-and largest first ("a picture of a large red circle and a small blue square"), region phrases
-with boxes ("the small blue square"), question-answer pairs ("what color is the circle? red") and a class label (the
-largest shape). Clips are a shape moving in one direction ("a red circle moving left"). Sentences
-are text-only statements from the same grammar. Example i of a split is drawn from
-``np.random.default_rng((split_salt, i))``: the dataset is identical on every machine.
+two captions naming every shape, in drawing order ("a small blue square and a large red
+circle") and largest first ("a large red circle and a small blue square"), region phrases with
+boxes ("the small blue square"), question-answer pairs ("what color is the circle? red") and a
+class label (the largest shape). Clips are a shape moving in one direction ("a red circle
+moving left"). Sentences are text-only statements from the same grammar. Example i of a split
+is drawn from ``np.random.default_rng((split_salt, i))``: the dataset is identical on every
+machine.
 
 Configs: ``scenes_64`` / ``scenes_224`` (stored at 64 / 256 px), ``clips_64``, ``sentences``.
 """
@@ -114,10 +115,11 @@ def scene(rng: np.random.Generator, size: int) -> dict:
     return {
         'image': schema.jpeg_bytes(canvas),
         # Both captions name every shape, so a caption is true of its own scene and (up to a
-        # scene with the same shapes) of no other: in version 1.0.0 the second named only the
-        # first shape, true of about one other scene in a batch of 16 in two cases of five, and
-        # ITC / ITM counted those scenes as negatives (docs/training.md).
-        'captions': [describe(items), f'a picture of {describe(by_size)}'],
+        # scene with the same shapes) of no other: in version 1.0.0 the second, 'a picture of'
+        # and the first shape, was true of another scene of a batch of 16 in 25 % of cases,
+        # and ITC / ITM counted those scenes as negatives (docs/training.md). At most 14
+        # words: 16 WordPiece tokens with [CLS] and [SEP], the miniature's text length.
+        'captions': [describe(items), describe(by_size)],
         'objects': {'bbox': np.array([i.box for i in items], np.float32).reshape(-1, 4),
                     'phrase': [i.phrase() for i in items]},
         'qa': {'question': [q for q, _ in questions(items)],
@@ -165,8 +167,9 @@ class XfmSynthetic(tfds.core.GeneratorBasedBuilder):
 
     VERSION = tfds.core.Version('1.1.0')
     RELEASE_NOTES = {
-        '1.1.0': "Scenes' second caption names every shape, largest first (was: the first "
-                 'shape only). Images, boxes, phrases, questions and labels are unchanged.',
+        '1.1.0': "Scenes' second caption names every shape, largest first (was: 'a picture "
+                 "of' and the first shape). Images, boxes, phrases, questions and labels are "
+                 'unchanged.',
         '1.0.0': 'Initial release.',
     }
     BUILDER_CONFIGS = [
