@@ -305,7 +305,9 @@ def run_config(family: str, model: ml_collections.ConfigDict, arg: str) -> ml_co
         # two') is true of about half the scenes, and ITC and ITM count every other scene of the
         # batch as a negative (with it, 40 % of a batch's texts were true of another scene in
         # it). The papers pre-train on captions; VQA is a fine-tuning task.
-        config.data.streams.image_text.mixture = [('xfm_synthetic_scenes_image_text', 1.0)]
+        pairs = config.data.streams.image_text
+        pairs.mixture = [(task, rate) for task, rate in pairs.mixture
+                         if not task.endswith('_vqa_image_text')]
     if arg in ('runlocal', 'runlocal_real'):
         # The synthetic captions name colours, sizes and every shape: keep the crops large and
         # the colours intact so that the augmented image still matches its text.

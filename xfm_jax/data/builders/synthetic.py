@@ -111,7 +111,6 @@ def scene(rng: np.random.Generator, size: int) -> dict:
     for item in items:
         draw(canvas, item)
     by_size = sorted(items, key=lambda i: -i.box[2])  # stable: ties keep drawing order
-    largest = by_size[0]
     return {
         'image': schema.jpeg_bytes(canvas),
         # Both captions name every shape, so a caption is true of its own scene and (up to a
@@ -124,7 +123,7 @@ def scene(rng: np.random.Generator, size: int) -> dict:
                     'phrase': [i.phrase() for i in items]},
         'qa': {'question': [q for q, _ in questions(items)],
                'answer': [a for _, a in questions(items)]},
-        'label': largest.shape,
+        'label': by_size[0].shape,
     }
 
 
