@@ -79,9 +79,12 @@ def data_config(preset: str, model_config) -> ml_collections.ConfigDict:
     streams['image_text'] = dict(
         mixture=[(f'{scenes}_image_text', 1.0), (f'{scenes}_vqa_image_text', 0.5)],
         batch_size=batch(96), text_len=caption_len, mlm=dict(prob=0.5, max_masks=imlm_max))
+    # caption_rate: the share of region-stream images whose first text is a whole-image
+    # caption (box: the whole image, no box loss) rather than a region phrase; 0.5 as in the
+    # reference's region data.
     streams['region'] = dict(mixture=[(f'{scenes}_region', 1.0)], batch_size=batch(96),
                              text_len=caption_len, region_texts=3 if tiny else 5,
-                             mlm=dict(prob=0.5, max_masks=imlm_max))
+                             caption_rate=0.5, mlm=dict(prob=0.5, max_masks=imlm_max))
     if model_config.video_frames:
         streams['video'] = dict(mixture=[('xfm_synthetic_clips_video', 1.0)],
                                 batch_size=batch(32), text_len=caption_len,

@@ -34,6 +34,9 @@ AT_LEAST_ZERO = (
     'evaluate.*.gallery_phrases', 'task.gallery_questions',
 )
 
+# Rates: numbers in [0, 1].
+RATES = ('data.streams.*.caption_rate', 'data.streams.*.mlm.prob')
+
 
 def _leaves(config, prefix: str = ''):
     """(dotted key, value) of every non-dict value of a ConfigDict / dict tree."""
@@ -47,7 +50,7 @@ def _leaves(config, prefix: str = ''):
 
 def validate(config) -> None:
     """Raises ValueError (one line naming the key and its value) for a count below its minimum,
-    a non-integer count, or a batch size that ``train.grad_accum_steps`` does not divide."""
+    a non-integer count, a rate outside [0, 1], or a batch size that ``train.grad_accum_steps`` does not divide."""
     for key, value in _leaves(config):
         for patterns, low in ((AT_LEAST_ONE, 1), (AT_LEAST_ZERO, 0)):
             if not any(fnmatch.fnmatchcase(key, p) for p in patterns):
@@ -56,6 +59,10 @@ def validate(config) -> None:
                 raise ValueError(f'config.{key}={value!r} must be an integer >= {low}.')
             if value < low:
                 raise ValueError(f'config.{key}={value} must be >= {low}.')
+        if any(fnmatch.fnmatchcase(key, p) for p in RATES) and (
+                isinstance(value, bool) or not isinstance(value, (int, float))
+                or not 0 <= value <= 1):
+            raise ValueError(f'config.{key}={value!r} must be a number in [0, 1].')
     warmup = (config.get('optimizer') or {}).get('warmup_steps')
     total = (config.get('train') or {}).get('total_steps')
     if isinstance(warmup, int) and isinstance(total, int) and warmup >= total > 0:

@@ -165,3 +165,26 @@ def test_normalize_clip_statistics():
     white = image_ops.normalize(tf.fill([1, 1, 3], 255.0)).numpy()[0, 0]
     np.testing.assert_allclose(white, (1 - np.array(image_ops.CLIP_MEAN))
                                / np.array(image_ops.CLIP_STD), rtol=1e-5)
+
+
+@pytest.mark.parametrize('rate', [0.0, 0.5, 1.0])
+def test_region_caption_rate(rate):
+    """``data.streams.region.caption_rate``: the share of region images whose first text is a
+    whole-image caption (its box the whole image, box_valid 0) instead of a phrase."""
+    import ml_collections
+    from xfm_jax.data import augment
+    config = ml_collections.ConfigDict(dict(
+        image_size=32, randaugment=dict(num_ops=1, magnitude=5, region_ops=('Identity',)),
+        streams=dict(region=dict(region_texts=3, text_len=4, caption_rate=rate))))
+    buffer = io.BytesIO()
+    Image.new('RGB', (48, 48), (120, 120, 120)).save(buffer, 'JPEG')
+    ex = {'image': tf.constant(buffer.getvalue()), 'image_id': tf.constant(0, tf.int64),
+          'boxes': tf.constant([[4, 4, 12, 12], [24, 24, 16, 16]], tf.float32),
+          'phrase_ids': tf.constant([[5, 6, 0, 0], [7, 8, 0, 0]], tf.int32),
+          'caption_ids': tf.constant([[9, 9, 9, 0]], tf.int32)}
+    firsts = [augment.region_augment(ex, _seed(i), config, pad_id=0) for i in range(200)]
+    captioned = np.array([f['box_valid'].numpy()[0] == 0 for f in firsts])
+    for f, caption in zip(firsts, captioned):
+        assert (f['region_ids'].numpy()[0, 0] == 9) == caption
+    # 200 draws: a binomial's 4.5 standard deviations at 0.5 is 0.16.
+    assert abs(captioned.mean() - rate) <= (0.16 if 0 < rate < 1 else 0.0)

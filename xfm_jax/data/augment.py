@@ -62,10 +62,12 @@ def region_augment(ex, seed, config, pad_id):
     scores = tf.random.stateless_uniform([num_boxes], image_ops.fold(seed, 4))
     scores = tf.where(is_anchor, -1.0, tf.where(keep, scores, 2.0))
     order = tf.argsort(scores)[:tf.reduce_sum(tf.cast(keep, tf.int32))]
-    # With probability 0.5 a whole-image caption (if any) takes the first slot.
+    # With probability streams.region.caption_rate a whole-image caption (if any) takes the
+    # first slot.
     num_captions = tf.shape(captions)[0]
     u = tf.random.stateless_uniform([2], image_ops.fold(seed, 5))
-    use_caption = tf.cast((num_captions > 0) & (u[0] < 0.5), tf.int32)
+    rate = float(config.streams.region.caption_rate)
+    use_caption = tf.cast((num_captions > 0) & (u[0] < rate), tf.int32)
     pick = tf.cast(u[1] * tf.cast(tf.maximum(num_captions, 1), tf.float32), tf.int32)
     caption_rows = captions[pick:pick + use_caption]
     full = tf.constant([[0.0, 0.0, size, size]])
