@@ -5,8 +5,8 @@ r"""Input-pipeline throughput: examples/s per stream (and per CPU core) at 224 p
     python benchmarks/input_pipeline.py --eval_images=20000   # evaluation-read peak memory
 
 Uses the 'synthetic' data preset (xfm_synthetic/scenes_224: 256 px JPEGs; built on first run)
-with RandomResizedCrop + flip + RandAugment(2, 7) + CLIP normalisation, tokenisation, MLM and
-MIM masks. Target: >= 250 image-text examples/s per core. Streams are timed one at a time.
+with RandomResizedCrop + flip + RandAugment(2, 7), uint8 pixels (normalised on the device),
+tokenisation, MLM and MIM masks. Target: >= 250 image-text examples/s per core. Streams are timed one at a time.
 
 Two per-core figures: wall-clock examples/s divided by the cores (what a dedicated machine
 gives), and examples per CPU-second this process used (all threads; barely moved by other
@@ -23,6 +23,8 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
 
 from configs import data as data_configs, x2vlm_base, xfm_base  # noqa: E402
 from xfm_jax.data import pipeline  # noqa: E402
@@ -53,7 +55,8 @@ def main() -> None:
                                        batch_size=args.batch_size)}
         streams = pipeline.make_streams(single, seed=0)
         for _ in range(3):  # warm-up: graph tracing, first shuffle-buffer fill
-            next(streams)
+            batch = next(streams)
+        megabytes = sum(x.nbytes for x in jax.tree.leaves(batch)) / 2**20
         start, cpu_start = time.perf_counter(), time.process_time()
         for _ in range(args.batches):
             next(streams)
@@ -63,7 +66,7 @@ def main() -> None:
         rate = examples / seconds
         print(f'{stream:>10}: {rate:8.1f} examples/s  = {rate / cores:7.1f} per core '
               f'({cores} cores, 224 px); {examples / cpu_seconds:7.1f} per CPU-second; '
-              f'load average {os.getloadavg()[0]:.1f}', flush=True)
+              f'{megabytes:.1f} MiB per batch; load average {os.getloadavg()[0]:.1f}', flush=True)
 
 
 def resume(config, position: int, batch_size: int) -> None:

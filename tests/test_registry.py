@@ -100,7 +100,7 @@ def test_a_registered_stream_takes_the_objectives_its_fields_allow(registered):
     assert objectives.stream_objectives('captions') == ('itc', 'itm', 'imlm', 'mim', 'agreement')
     assert objectives.stream_objectives('text') == ('mlm',)
     specs = streams.field_specs('captions', batch=2, text_len=5, image_size=32, patch_size=8)
-    assert specs['image'] == ((2, 32, 32, 3), 'float32') and specs['mim_mask'][0] == (2, 16)
+    assert specs['image'] == ((2, 32, 32, 3), 'uint8') and specs['mim_mask'][0] == (2, 16)
     assert ts.update_groups(_with_captions(xfm_base.get_config('tiny')))[0][-1] == 'captions'
     with pytest.raises(ValueError, match=r"'agreement' does not apply to stream 'image'"):
         objectives.get('agreement', 'image')

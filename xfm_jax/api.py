@@ -109,7 +109,7 @@ def _bicubic_matrix(in_size: int, out_size: int) -> np.ndarray:
 def eval_transform(pixels: np.ndarray, image_size: int) -> np.ndarray:
     """[H, W, 3] pixels in [0, 255] -> float32 [S, S, 3]: resized whole (bicubic, clipped to
     [0, 255]) and CLIP-normalised, as ``evaluators.data.resized_image`` does in TensorFlow."""
-    from xfm_jax.data import CLIP_MEAN, CLIP_STD  # TF-free
+    from xfm_jax.data import PIXEL_OFFSET, PIXEL_SCALE  # TF-free
     height, width = pixels.shape[:2]
     # optimize=True contracts one axis at a time (two matrix products); the default order
     # loops over all five indices at once: seconds for 64 px, minutes for a photo.
@@ -117,8 +117,8 @@ def eval_transform(pixels: np.ndarray, image_size: int) -> np.ndarray:
                         pixels.astype(np.float64), _bicubic_matrix(width, image_size),
                         optimize=True)
     resized = np.clip(resized, 0.0, 255.0).astype(np.float32)
-    mean, std = np.asarray(CLIP_MEAN), np.asarray(CLIP_STD)
-    return resized * (1 / (255 * std)).astype(np.float32) + (-mean / std).astype(np.float32)
+    return (resized * np.asarray(PIXEL_SCALE, np.float32)
+            + np.asarray(PIXEL_OFFSET, np.float32))
 
 
 def image_files(pattern: paths.PathLike) -> list:

@@ -188,3 +188,22 @@ def test_region_caption_rate(rate):
         assert (f['region_ids'].numpy()[0, 0] == 9) == caption
     # 200 draws: a binomial's 4.5 standard deviations at 0.5 is 0.16.
     assert abs(captioned.mean() - rate) <= (0.16 if 0 < rate < 1 else 0.0)
+
+
+def test_uint8_batches_normalised_on_device_equal_the_pipeline_normalisation():
+    """Training batches carry uint8 pixels; the vision encoder's ``normalize_pixels`` computes
+    what ``image_ops.normalize`` gave the encoder before, and the encoder's output is the same."""
+    import jax
+    from configs import xfm_base
+    from xfm_jax.models.model import build_model
+    from xfm_jax.models.vision import VisionTransformer, normalize_pixels
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (2, 32, 32, 3)).astype(np.uint8)
+    on_host = image_ops.normalize(tf.constant(pixels, tf.float32)).numpy()
+    np.testing.assert_allclose(np.asarray(normalize_pixels(pixels)), on_host, rtol=0, atol=1e-6)
+    float_rounded = image_ops.to_uint8(tf.constant([[-3.0, 0.4, 0.6, 254.5, 300.0]])).numpy()
+    np.testing.assert_array_equal(float_rounded, [[0, 0, 1, 254, 255]])  # half to even
+    encoder = VisionTransformer(build_model(xfm_base.get_config('tiny').model).vision)
+    params = encoder.init(jax.random.key(0), on_host)
+    np.testing.assert_allclose(encoder.apply(params, pixels), encoder.apply(params, on_host),
+                               rtol=1e-5, atol=1e-5)

@@ -2,7 +2,8 @@
 (xfm_jax/streams/), in two stages:
 
 1. ``tf_augment(stream, config, pad_id)``: a tf.data map (parallel, C++): decode, crops, flip,
-   RandAugment, CLIP normalisation, region crop and box selection, video frame sampling. Seeded by
+   RandAugment, rounding to uint8 pixels (the vision encoder normalises them on the device),
+   region crop and box selection, video frame sampling. Seeded by
    a stateless seed [2] = (stream seed, example index).
 2. the stream's ``*_finalize(record, rng, config, specials)``: numpy, per example: MLM masking, MIM
    masks, patch masks and normalised boxes. Seeded by a ``np.random.Generator`` from the same
@@ -33,7 +34,7 @@ def _augment_image(encoded, seed, config):
     ra = config.randaugment
     image = image_ops.randaugment(image, image_ops.fold(seed, 2), ra.num_ops, ra.magnitude,
                                   tuple(ra.ops))
-    return image_ops.normalize(image)
+    return image_ops.to_uint8(image)
 
 
 def region_augment(ex, seed, config, pad_id):
@@ -77,7 +78,7 @@ def region_augment(ex, seed, config, pad_id):
     missing = k - tf.shape(rows)[0]
     text_len = config.streams.region.text_len
     return {
-        'image': image_ops.normalize(image),
+        'image': image_ops.to_uint8(image),
         'image_id': ex['image_id'],
         'region_ids': tf.concat([rows, tf.fill([missing, text_len], pad_id)], 0),
         'box_pixels': tf.concat([row_boxes, tf.tile(full, [missing, 1])], 0),
@@ -99,7 +100,7 @@ def video_augment(ex, seed, config, pad_id):
     augmented = tf.map_fn(lambda f: _augment_image(f, frame_seed, config),
                           tf.gather(frames, tf.minimum(index, total - 1)),
                           fn_output_signature=tf.TensorSpec(
-                              [config.image_size, config.image_size, 3], tf.float32))
+                              [config.image_size, config.image_size, 3], tf.uint8))
     return {'frames': augmented, 'video_id': ex['video_id'], 'text_ids': ex['text_ids']}
 
 

@@ -13,7 +13,7 @@ import math
 import numpy as np
 import tensorflow as tf
 
-from xfm_jax.data import CLIP_MEAN, CLIP_STD
+from xfm_jax.data import CLIP_MEAN, CLIP_STD, PIXEL_OFFSET, PIXEL_SCALE
 RANDAUG_OPS = ('Identity', 'AutoContrast', 'Equalize', 'Brightness', 'Sharpness',
                'ShearX', 'ShearY', 'TranslateX', 'TranslateY', 'Rotate')
 _FILL = 128.0  # grey fill for pixels that affine ops move in from outside (as the reference)
@@ -118,8 +118,14 @@ def _channel_constant(values, image: tf.Tensor, dtype: str = 'float32') -> np.nd
 def normalize(image: tf.Tensor) -> tf.Tensor:
     """[0, 255] pixels [..., 3] -> CLIP-normalised float32: (x / 255 - mean) / std, computed as
     one multiply-add."""
-    mean, std = np.array(CLIP_MEAN), np.array(CLIP_STD)
-    return image * _channel_constant(1 / (255 * std), image) + _channel_constant(-mean / std, image)
+    return image * _channel_constant(PIXEL_SCALE, image) + _channel_constant(PIXEL_OFFSET, image)
+
+
+def to_uint8(image: tf.Tensor) -> tf.Tensor:
+    """[0, 255] float pixels -> uint8, rounded (as a PIL image holds them). Training batches
+    carry these: a quarter of float32's bytes through the host pipeline and onto the device,
+    where the vision encoder normalises them (``models.vision.normalize_pixels``)."""
+    return tf.cast(tf.round(tf.clip_by_value(image, 0.0, 255.0)), tf.uint8)
 
 
 # --- RandAugment --------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from xfm_jax.data import PIXEL_OFFSET, PIXEL_SCALE  # constants: the package imports no TF
 from xfm_jax.models import layers
 
 
@@ -146,6 +147,7 @@ class VisionTransformer(nn.Module):
         cfg = self.config
         dtype, pdtype = layers.dtype_of(cfg.dtype), layers.dtype_of(cfg.param_dtype)
         self._check_images(images)
+        images = normalize_pixels(images)
         x = nn.Conv(
             cfg.width, (cfg.patch_size, cfg.patch_size), strides=(cfg.patch_size,) * 2,
             padding='VALID', dtype=dtype, param_dtype=pdtype,
@@ -200,6 +202,17 @@ class VisionTransformer(nn.Module):
                 f'Expected images of {cfg.image_size}x{cfg.image_size} (model.vision.image_size), got '
                 f'{height}x{width}. For another resolution set model.vision.image_size and resize '
                 'the relative position tables with xfm_jax.convert.relpos.resize_relative_position_table.')
+
+
+def normalize_pixels(images):
+    """Training batches carry uint8 pixels [0, 255] (a quarter of float32's bytes through the
+    host and onto the device): CLIP-normalised here, in float32, by the multiply-add the
+    pipeline's ``image_ops.normalize`` computes. Float images (the evaluators', the Python
+    API's) come normalised already and pass unchanged."""
+    if images.dtype != jnp.uint8:
+        return images
+    return (images.astype(jnp.float32) * jnp.asarray(PIXEL_SCALE, jnp.float32)
+            + jnp.asarray(PIXEL_OFFSET, jnp.float32))
 
 
 def region_tokens(image_tokens, patch_mask):

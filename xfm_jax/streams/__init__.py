@@ -89,8 +89,8 @@ def synthetic_batch(stream: str, rng: np.random.Generator, *, vocab_size: int, p
     specs = field_specs(stream, **sizes)
     out = {}
     for name, (shape, dtype) in specs.items():
-        if name in ('image', 'frames'):
-            out[name] = rng.standard_normal(shape).astype(dtype)
+        if name in ('image', 'frames'):  # uint8 pixels
+            out[name] = rng.integers(0, 256, shape).astype(dtype)
         elif name in ('input_ids', 'mlm_targets'):
             out[name] = rng.integers(pad_id + 3, vocab_size, shape).astype(dtype)
         elif name == 'source':

@@ -5,7 +5,7 @@ from xfm_jax.streams.record import SOURCE_FIELD, Stream, encode_image
 STREAM = Stream(
     name='image',
     fields={
-        'image': ('float32', ('H', 'W', 3)),  # CLIP-normalised pixels
+        'image': ('uint8', ('H', 'W', 3)),  # pixels; the vision encoder normalises them
         'mim_mask': ('bool', ('N',)),  # exactly `mim.num_masked` True per row
         **SOURCE_FIELD,
     },

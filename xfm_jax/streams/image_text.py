@@ -5,7 +5,7 @@ from xfm_jax.streams.record import SOURCE_FIELD, Stream, encode_image, text_fiel
 STREAM = Stream(
     name='image_text',
     fields={
-        'image': ('float32', ('H', 'W', 3)),
+        'image': ('uint8', ('H', 'W', 3)),
         'image_id': ('int32', ()),  # equal ids mark the same image (soft ITC targets)
         'mim_mask': ('bool', ('N',)),
         **text_fields(),

@@ -13,7 +13,7 @@ def region_keys(model, image_tokens, batch) -> dict:
 STREAM = Stream(
     name='region',
     fields={
-        'image': ('float32', ('H', 'W', 3)),
+        'image': ('uint8', ('H', 'W', 3)),
         'image_id': ('int32', ()),
         **text_fields('K'),
         'patch_mask': ('bool', ('K', 'N')),  # patches covered by the box

@@ -11,7 +11,7 @@ def encode_frames(model, batch, *, train: bool):
 STREAM = Stream(
     name='video',
     fields={
-        'frames': ('float32', ('F', 'H', 'W', 3)),
+        'frames': ('uint8', ('F', 'H', 'W', 3)),
         'video_id': ('int32', ()),
         **text_fields(),
         **SOURCE_FIELD,
