@@ -6,7 +6,8 @@ r"""Input-pipeline throughput: examples/s per stream (and per CPU core) at 224 p
 
 Uses the 'synthetic' data preset (xfm_synthetic/scenes_224: 256 px JPEGs; built on first run)
 with RandomResizedCrop + flip + RandAugment(2, 7), uint8 pixels (normalised on the device),
-tokenisation, MLM and MIM masks. Target: >= 250 image-text examples/s per core. Streams are timed one at a time.
+tokenisation, MLM and MIM masks. Target: >= 250 image-text examples/s per core. Streams are
+timed one at a time.
 
 Two per-core figures: wall-clock examples/s divided by the cores (what a dedicated machine
 gives), and examples per CPU-second this process used (all threads; barely moved by other

@@ -50,7 +50,8 @@ def _leaves(config, prefix: str = ''):
 
 def validate(config) -> None:
     """Raises ValueError (one line naming the key and its value) for a count below its minimum,
-    a non-integer count, a rate outside [0, 1], or a batch size that ``train.grad_accum_steps`` does not divide."""
+    a non-integer count, a rate outside [0, 1], or a batch size that ``train.grad_accum_steps``
+    does not divide."""
     for key, value in _leaves(config):
         for patterns, low in ((AT_LEAST_ONE, 1), (AT_LEAST_ZERO, 0)):
             if not any(fnmatch.fnmatchcase(key, p) for p in patterns):

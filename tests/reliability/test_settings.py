@@ -51,17 +51,18 @@ def test_validate_names_the_key(key, value, message):
         cli.validate(config)
 
 
-@pytest.mark.parametrize('stream, key, value', [
-    ('region', 'caption_rate', 1.5), ('region', 'caption_rate', -0.5), ('image_text', 'mlm', -0.1)])
-def test_validate_wants_rates_in_0_1(stream, key, value):
+@pytest.mark.parametrize('key, value', [
+    ('region.caption_rate', 1.5), ('region.caption_rate', -0.5), ('image_text.mlm.prob', -0.1)])
+def test_validate_wants_rates_in_0_1(key, value):
     from configs import xfm_base
     config = xfm_base.get_config('runlocal')  # 'tiny' has no data section
-    node, name = config.data.streams[stream], key
-    if key == 'mlm':
-        node, name = node.mlm, 'mlm.prob'
-    node[name.split('.')[-1]] = value
+    *path, leaf = key.split('.')
+    node = config.data.streams
+    for part in path:
+        node = node[part]
+    node[leaf] = value
     with pytest.raises(ValueError, match='^' + re.escape(
-            f'config.data.streams.{stream}.{name}={value!r} must be a number in [0, 1]')):
+            f'config.data.streams.{key}={value!r} must be a number in [0, 1]')):
         cli.validate(config)
 
 
